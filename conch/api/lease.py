@@ -1,0 +1,90 @@
+"""etcdserverpb.Lease: Grant, Revoke, KeepAlive (stream), TimeToLive, Leases."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from conch.api.errors import unary
+from conch.errors import EtcdError, ErrLeaseTTLTooLarge, err
+from conch.lease import MAX_LEASE_TTL
+from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2, rpc_pb2_grpc
+
+if TYPE_CHECKING:
+    from conch.server.member import Member
+
+IRR = raft_internal_pb2.InternalRaftRequest
+
+
+class LeaseService(rpc_pb2_grpc.LeaseServicer):
+    def __init__(self, member: Member) -> None:
+        self._m = member
+
+    @unary
+    async def LeaseGrant(
+        self, request: rpc_pb2.LeaseGrantRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseGrantResponse:
+        m = self._m
+        if request.TTL > MAX_LEASE_TTL:
+            raise err(ErrLeaseTTLTooLarge)
+        m.check_space()
+        irr = IRR()
+        irr.lease_grant.CopyFrom(request)
+        if irr.lease_grant.ID == 0:
+            # The ID is fixed before the proposal so that every member applies the same one.
+            irr.lease_grant.ID = m.ids.next_lease_id()
+        resp: rpc_pb2.LeaseGrantResponse = await m.propose_wait(irr)
+        m.fill_header(resp.header)
+        return resp
+
+    @unary
+    async def LeaseRevoke(
+        self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseRevokeResponse:
+        m = self._m
+        irr = IRR()
+        irr.lease_revoke.CopyFrom(request)
+        resp: rpc_pb2.LeaseRevokeResponse = await m.propose_wait(irr)
+        m.fill_header(resp.header)
+        return resp
+
+    async def LeaseKeepAlive(
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
+        m = self._m
+        async for req in request_iterator:
+            # The header is taken before the renewal, as in etcd, so its revision never
+            # runs ahead of the point of renewal.
+            header = m.header()
+            ttl = m.lessor.renew(req.ID, time.monotonic())
+            yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=req.ID, TTL=ttl)
+
+    @unary
+    async def LeaseTimeToLive(
+        self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        m = self._m
+        await m.read_barrier()
+        ttl, granted, keys = m.lessor.time_to_live(request.ID, time.monotonic(), request.keys)
+        return rpc_pb2.LeaseTimeToLiveResponse(
+            header=m.header(), ID=request.ID, TTL=ttl, grantedTTL=granted, keys=keys
+        )
+
+    @unary
+    async def LeaseLeases(
+        self, request: rpc_pb2.LeaseLeasesRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.LeaseLeasesResponse:
+        m = self._m
+        await m.read_barrier()
+        return rpc_pb2.LeaseLeasesResponse(
+            header=m.header(),
+            leases=[rpc_pb2.LeaseStatus(ID=i) for i in m.lessor.leases()],
+        )
+
+
+__all__ = ["LeaseService", "EtcdError"]

@@ -1,0 +1,171 @@
+"""etcdserverpb.Maintenance and etcdserverpb.Cluster for a single member."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import crc32c
+import grpc
+
+from conch.api.errors import unary
+from conch.backend import BUCKETS
+from conch.errors import ErrBadLeaderTransferee, err
+from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2, rpc_pb2_grpc
+
+if TYPE_CHECKING:
+    from conch.server.member import Member
+
+IRR = raft_internal_pb2.InternalRaftRequest
+_SNAPSHOT_CHUNK = 32 * 1024
+
+
+def _alarm_text(member_id: int, alarm: int) -> str:
+    return f"memberID:{member_id} alarm:{rpc_pb2.AlarmType.Name(alarm)} "
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, member: Member) -> None:
+        self._m = member
+
+    @unary
+    async def Status(
+        self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.StatusResponse:
+        m = self._m
+        return rpc_pb2.StatusResponse(
+            header=m.header(),
+            version=m.version(),
+            dbSize=m.backend.size(),
+            leader=m.member_id,
+            raftIndex=m.committed_index,
+            raftTerm=m.term,
+            raftAppliedIndex=m.applied_index,
+            errors=[_alarm_text(mid, a) for mid, a in sorted(m.applier.alarms)],
+            dbSizeInUse=m.backend.size_in_use(),
+            isLearner=False,
+        )
+
+    @unary
+    async def HashKV(
+        self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashKVResponse:
+        m = self._m
+        h, compact_rev, hash_rev = await asyncio.to_thread(m.store.hash_kv, request.revision)
+        return rpc_pb2.HashKVResponse(
+            header=m.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev
+        )
+
+    @unary
+    async def Hash(
+        self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashResponse:
+        m = self._m
+
+        def whole_backend_hash() -> int:
+            value = 0
+            with m.backend.read() as txn:
+                for name in BUCKETS:
+                    value = crc32c.crc32c(name, value)
+                    for k, v in txn.cursor(db=m.backend.db(name)):
+                        value = crc32c.crc32c(v, crc32c.crc32c(k, value))
+            return value
+
+        h = await asyncio.to_thread(whole_backend_hash)
+        return rpc_pb2.HashResponse(header=m.header(), hash=h)
+
+    @unary
+    async def Alarm(
+        self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AlarmResponse:
+        m = self._m
+        if request.action == rpc_pb2.AlarmRequest.GET:
+            resp = rpc_pb2.AlarmResponse(
+                alarms=[
+                    rpc_pb2.AlarmMember(memberID=mid, alarm=a)
+                    for mid, a in sorted(m.applier.alarms)
+                    if request.alarm in (rpc_pb2.NONE, a)
+                ]
+            )
+        else:
+            irr = IRR()
+            irr.alarm.CopyFrom(request)
+            resp = await m.propose_wait(irr)
+        m.fill_header(resp.header)
+        return resp
+
+    @unary
+    async def MoveLeader(
+        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MoveLeaderResponse:
+        m = self._m
+        if request.targetID != m.member_id:
+            raise err(ErrBadLeaderTransferee)
+        return rpc_pb2.MoveLeaderResponse(header=m.header())
+
+    async def Snapshot(
+        self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        """The backend file in 32 KiB chunks, then its SHA-256 as the last blob (etcd's
+        framing). The file is LMDB, not bbolt: `etcdctl snapshot restore` cannot read it."""
+        m = self._m
+        fd, path = tempfile.mkstemp(prefix="snapshot-", dir=os.path.dirname(m.backend.path))
+        os.close(fd)
+        os.unlink(path)
+        try:
+            await asyncio.to_thread(m.backend.env.copy, path, True)
+            header = m.header()
+            size = os.path.getsize(path)
+            digest = hashlib.sha256()
+            sent = 0
+            with open(path, "rb") as fh:
+                while True:
+                    chunk = await asyncio.to_thread(fh.read, _SNAPSHOT_CHUNK)
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    sent += len(chunk)
+                    yield rpc_pb2.SnapshotResponse(
+                        header=header, remaining_bytes=size - sent, blob=chunk
+                    )
+            yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=0, blob=digest.digest())
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+class ClusterService(rpc_pb2_grpc.ClusterServicer):
+    def __init__(self, member: Member) -> None:
+        self._m = member
+
+    def _self(self) -> rpc_pb2.Member:
+        cfg = self._m.cfg
+        return rpc_pb2.Member(
+            ID=self._m.member_id,
+            name=cfg.name,
+            peerURLs=cfg.initial_advertise_peer_urls,
+            clientURLs=cfg.advertise_client_urls,
+        )
+
+    @unary
+    async def MemberList(
+        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MemberListResponse:
+        return rpc_pb2.MemberListResponse(header=self._m.header(), members=[self._self()])
+
+
+class AuthService(rpc_pb2_grpc.AuthServicer):
+    """Auth is not implemented yet; AuthStatus answers so that clients can probe it."""
+
+    def __init__(self, member: Member) -> None:
+        self._m = member
+
+    @unary
+    async def AuthStatus(
+        self, request: rpc_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthStatusResponse:
+        return rpc_pb2.AuthStatusResponse(header=self._m.header(), enabled=False)

@@ -1,0 +1,150 @@
+"""`conch`: run one member, configured like etcd (flags, ETCD_* variables, --config-file)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+import grpc
+
+from conch import ETCD_COMPAT_VERSION, __version__
+from conch.server import config as config_mod
+from conch.server.config import Config, ConfigError
+
+log = logging.getLogger("conch")
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "dpanic": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+_GRPC_OVERHEAD = 512 * 1024  # etcd allows this much above --max-request-bytes on receive
+
+
+def _grpc_address(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme in ("unix", "unixs"):
+        return f"unix:{parts.netloc}{parts.path}"
+    return parts.netloc
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "localhost", parts.port or 80
+
+
+async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
+    """Run a member until SIGTERM/SIGINT; returns the signal number that stopped it (or 0)."""
+    from conch.api.http import HTTPEndpoints
+    from conch.api.kv import KVService
+    from conch.api.lease import LeaseService
+    from conch.api.maintenance import AuthService, ClusterService, MaintenanceService
+    from conch.api.watch import WatchService
+    from conch.proto.etcdserverpb import rpc_pb2_grpc
+    from conch.server.member import Member
+
+    member = Member(cfg)
+    await asyncio.to_thread(member.open)
+    await member.start()
+
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", cfg.max_request_bytes + _GRPC_OVERHEAD),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_concurrent_streams", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    rpc_pb2_grpc.add_KVServicer_to_server(KVService(member), server)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(member), server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(member.hub, member.header), server)
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(member), server)
+    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(member), server)
+    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(member), server)
+    for url in cfg.listen_client_urls:
+        if urlsplit(url).scheme in ("https", "unixs"):
+            raise ConfigError(f"TLS client URLs are not supported yet: {url}")
+        server.add_insecure_port(_grpc_address(url))
+    await server.start()
+
+    http_servers: list[asyncio.Server] = []
+    for urls, metrics_only in ((cfg.listen_client_http_urls, False), (cfg.listen_metrics_urls, True)):
+        endpoints = HTTPEndpoints(member, metrics_only=metrics_only)
+        for url in urls:
+            host, port = _host_port(url)
+            http_servers.append(await asyncio.start_server(endpoints.handle, host, port))
+
+    log.info(
+        "conch %s (etcd %s API) member %x of cluster %x serving clients on %s",
+        __version__, ETCD_COMPAT_VERSION, member.member_id, member.cluster_id,
+        ",".join(cfg.listen_client_urls),
+    )
+    # etcd prints this line once it serves; scripts and tests wait for it.
+    print("ready to serve client requests", file=sys.stderr, flush=True)
+
+    stop = asyncio.Event()
+    got: list[int] = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: (got.append(s), stop.set()))
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("received %s, shutting down", signal.Signals(got[0]).name if got else "stop")
+    for s in http_servers:
+        s.close()
+    await server.stop(grace=1.0)
+    await member.stop()
+    return got[0] if got else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help", "-help"):
+        print(config_mod.usage())
+        return 0
+    if args and args[0] in ("--version", "-version"):
+        print(f"conch Version: {__version__}\netcd API Version: {ETCD_COMPAT_VERSION}")
+        return 0
+    try:
+        cfg = config_mod.load(args)
+    except ConfigError as exc:
+        print(f"conch: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=_LEVELS.get(cfg.log_level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from conch.server.member import StartupError
+
+    try:
+        sig = asyncio.run(serve(cfg))
+    except (ConfigError, StartupError) as exc:
+        log.critical("%s", exc)
+        print(f"conch: {exc}", file=sys.stderr)
+        return 1
+    if sig:
+        # Exit the way etcd does: by the signal itself (status 143 for SIGTERM under systemd).
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
