@@ -218,13 +218,14 @@ def _has_zero_sector(buf: bytes, start: int, end: int) -> bool:
 def scan_segment(buf: bytes, path: str, crc: int, is_last: bool) -> SegmentScan:
     """Decode every frame of one segment's bytes, continuing the rolling CRC from ``crc``.
 
-    Ends at EOF or at a zero length word (preallocated / never written space).  A bad frame
-    sets ``error``:
+    Ends at EOF or at a zero length word (preallocated / never written space) followed only by
+    zeros.  A bad frame sets ``error``:
 
     * in the last segment, a *torn tail* gives :class:`UnexpectedEOFError`: the file ends
       inside the frame (including inside its length word), or the frame does not decode / fails
       its CRC and either one of its sectors is entirely zero (a sector that was never written,
-      etcd's ``isTornEntry``) or nothing but zeros follows it;
+      etcd's ``isTornEntry``) or nothing but zeros follows it, or a zero length word is followed
+      by non-zero bytes (etcd silently zeroes these; we report them so ``repair`` keeps a copy);
     * anything else -- a bad frame followed by more data, a length word with an impossible
       padding byte, any bad frame in a non-last segment, a CrcType record that does not match the
       previous segment's CRC -- gives :class:`CorruptWALError` / :class:`CRCMismatchError`.
@@ -243,6 +244,11 @@ def scan_segment(buf: bytes, path: str, crc: int, is_last: bool) -> SegmentScan:
             break
         word = int.from_bytes(buf[off:off + 8], "little")
         if word == 0:
+            # End of data (preallocated or never-written space) -- unless non-zero bytes follow:
+            # then a frame's sector never reached the disk while later ones did (torn write).
+            if not _all_zero(buf, off, size):
+                res.error = _bad(path, off, is_last, True,
+                                 "zero length word followed by non-zero data")
             break
         top = word >> 56
         if top and (top & 0x78 or not top & 0x80):

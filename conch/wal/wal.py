@@ -35,6 +35,8 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from conch.proto.etcdserverpb import etcdserver_pb2
 from conch.proto.raftpb.raft_pb2 import ConfState, Entry, HardState
 from conch.proto.walpb import record_pb2
@@ -330,7 +332,7 @@ class WAL:
                 if rtype == ENTRY_TYPE:
                     try:
                         e = from_string(data)
-                    except Exception as exc:  # protobuf DecodeError; CRC was fine
+                    except DecodeError as exc:  # the CRC matched: written that way
                         raise CorruptWALError(seg.path, roff, f"undecodable entry: {exc}") from exc
                     idx = e.Index
                     if idx > start_index:
@@ -347,14 +349,22 @@ class WAL:
                                 f"{start_index + n} (snapshot index {start_index})")
                     enti = idx
                 elif rtype == STATE_TYPE:
-                    state = HardState.FromString(data)
+                    try:
+                        state = HardState.FromString(data)
+                    except DecodeError as exc:
+                        raise CorruptWALError(seg.path, roff, f"undecodable HardState: {exc}") \
+                            from exc
                 elif rtype == METADATA_TYPE:
                     if metadata is not None and metadata != data:
                         raise MetadataConflictError(
                             f"wal: conflicting metadata found in {seg.path!r}")
                     metadata = data
                 elif rtype == SNAPSHOT_TYPE:
-                    snap = record_pb2.Snapshot.FromString(data)
+                    try:
+                        snap = record_pb2.Snapshot.FromString(data)
+                    except DecodeError as exc:
+                        raise CorruptWALError(seg.path, roff, f"undecodable Snapshot: {exc}") \
+                            from exc
                     if snap.index == start_index:
                         if snap.term != start_term:
                             raise SnapshotMismatchError(
@@ -373,8 +383,8 @@ class WAL:
                 f"wal: snapshot (index {start_index}, term {start_term}) not found in "
                 f"{self._dir!r}")
 
-        # Switch to append mode at the end of the last valid record.  Anything after it is
-        # zeros or the unsynced remains of a torn write behind a zero length word: drop it.
+        # Switch to append mode at the end of the last valid record; anything after it is
+        # zeros (scan_segment reported anything else): drop them.
         tail = self._segments[-1]
         if os.fstat(tail.fd).st_size != scan.valid_end:
             os.ftruncate(tail.fd, scan.valid_end)

@@ -500,6 +500,41 @@ def test_torn_tail_zeroed_frames(tmp_path: Path) -> None:
     assert idx(read(d)[2]) == [1, 2, 3, 4, 5, 6]
 
 
+def test_zeroed_frame_followed_by_data(tmp_path: Path) -> None:
+    """A frame (length word included) that never reached the disk while later sectors did:
+    torn in the last segment (repair keeps a .broken copy), corruption in any other."""
+    base = tmp_path / "base"
+    fr = _build(base)
+    seg_name = segments(base)[0].name
+    off, flen, rec = fr[-3]  # entry 5, followed by entry 6 and the HardState
+    assert Entry.FromString(rec.data).Index == 5
+    d = tmp_path / "a"
+    shutil.copytree(base, d)
+    with open(d / seg_name, "r+b") as f:
+        f.seek(off)
+        f.write(bytes(flen))
+    with pytest.raises(UnexpectedEOFError) as ei:
+        read(d)
+    assert ei.value.offset == off
+    assert repair(str(d))
+    assert (d / (seg_name + ".broken")).exists()
+    assert idx(read(d)[2]) == [1, 2, 3, 4]
+
+    d = tmp_path / "b"
+    w = WAL.create(str(d), META, segment_size=1024)
+    for b in range(8):
+        w.save(None, ents(b * 4 + 1, b * 4 + 4, size=64))
+    w.close()
+    p = segments(d)[1]
+    off, flen, _ = frames(p.read_bytes())[3]
+    buf = bytearray(p.read_bytes())
+    buf[off : off + flen] = bytes(flen)
+    p.write_bytes(bytes(buf))
+    with pytest.raises(CorruptWALError) as ei2:
+        read(d)
+    assert not isinstance(ei2.value, UnexpectedEOFError) and ei2.value.offset == off
+
+
 # --------------------------------------------------------------------------- corruption
 
 
