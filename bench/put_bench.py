@@ -1,0 +1,621 @@
+#!/usr/bin/env python3
+"""Side-by-side put (and read) benchmark of conch vs etcd.
+
+Runs entirely on loopback. For each server (etcd first, then conch) it:
+
+1. starts a fresh single-member instance in a temporary data dir on free
+   127.0.0.1 ports,
+2. waits until it answers a linearizable range over gRPC (polling, bounded),
+3. runs each workload with bench/bin/loadgen (every workload is bounded by an
+   op count *and* a duration cap),
+4. stops the server by pid (SIGTERM, then SIGKILL) -- always, also on Ctrl-C.
+
+The servers run one after the other, never at the same time, so they do not
+compete for this machine's CPUs. Prints a markdown table and writes
+bench/results/latest.json.
+
+    python bench/put_bench.py                 # etcd and conch
+    python bench/put_bench.py --only etcd     # etcd alone (until conch runs)
+    python bench/put_bench.py --seq-ops 500 --conc-ops 5000 --no-reads
+
+Stdlib only (Python >= 3.11).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_LOADGEN = BENCH_DIR / "bin" / "loadgen"
+DEFAULT_OUT = BENCH_DIR / "results" / "latest.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[put_bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (held open together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def proc_tree_cpu_s(root_pid: int) -> float:
+    """user+sys CPU seconds of root_pid and all its live descendants (from /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces/parens: split after the last ')'
+        rest = data[data.rfind(")") + 2 :].split()
+        pid = int(entry)
+        parents[pid] = int(rest[1])
+        times[pid] = (int(rest[11]) + int(rest[12])) / CLK_TCK
+    total = 0.0
+    for pid, t in times.items():
+        p = pid
+        for _ in range(64):  # walk up to root_pid, bounded
+            if p == root_pid:
+                total += t
+                break
+            p = parents.get(p, 0)
+            if p <= 1:
+                break
+    return total
+
+
+def fsync_probe(directory: Path, iterations: int = 200, size: int = 4096) -> dict[str, float]:
+    """Latency of write(4 KiB)+fsync in `directory`: what a WAL append costs here."""
+    path = directory / "fsync-probe.bin"
+    buf = os.urandom(size)
+    lat: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        deadline = time.monotonic() + 20
+        for _ in range(iterations):
+            t0 = time.perf_counter()
+            os.write(fd, buf)
+            os.fsync(fd)
+            lat.append((time.perf_counter() - t0) * 1000)
+            if time.monotonic() > deadline:
+                break
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    lat.sort()
+    return {
+        "iterations": len(lat),
+        "bytes": size,
+        "p50_ms": round(lat[len(lat) // 2], 3),
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3),
+        "mean_ms": round(statistics.fmean(lat), 3),
+    }
+
+
+def ensure_loadgen(path: Path) -> Path:
+    if path.exists():
+        return path
+    if path != DEFAULT_LOADGEN:
+        raise SystemExit(f"loadgen not found at {path}")
+    log("bench/bin/loadgen missing; building it with bench/build.sh")
+    subprocess.run(["bash", str(BENCH_DIR / "build.sh")], check=True, timeout=600)
+    return path
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --------------------------------------------------------------------------
+# servers
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]
+    client_port: int
+    workdir: Path
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / f"{self.name}.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        log(f"starting {self.name}: {' '.join(self.argv)}")
+        logf = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
+        # Own session: a Ctrl-C at the terminal reaches only this script, which
+        # then stops the server itself (by pid) in its finally block.
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            start_new_session=True,
+        )
+        logf.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            log(f"stopping {self.name} (pid {p.pid})")
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} (pid {p.pid}) ignored SIGTERM; sending SIGKILL")
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()
+                p.wait(timeout=10)
+        # Anything the server itself forked is in the process group we created
+        # for it (pgid == its pid); make sure none of it outlives the run.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+def make_etcd(etcd_bin: str, workdir: Path) -> Server:
+    client, peer = free_ports(2)
+    data = workdir / "etcd-data"
+    argv = [
+        etcd_bin,
+        "--name", "bench",
+        "--data-dir", str(data),
+        "--listen-client-urls", f"http://127.0.0.1:{client}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"bench=http://127.0.0.1:{peer}",
+        "--initial-cluster-state", "new",
+        "--log-level", "warn",
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env.pop("ETCDCTL_API", None)
+    # Never let inherited ETCD_* settings change the server under test.
+    for k in list(env):
+        if k.startswith("ETCD_"):
+            env.pop(k)
+    return Server("etcd", argv, client, workdir, env=env)
+
+
+def make_conch(python: str, workdir: Path) -> Server:
+    (client,) = free_ports(1)
+    data = workdir / "conch-data"
+    argv = [
+        python, "-m", "conch",
+        "--name", "bench",
+        "--data-dir", str(data),
+        "--listen-client-urls", f"http://127.0.0.1:{client}",
+        "--advertise-client-urls", f"http://127.0.0.1:{client}",
+    ]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    return Server("conch", argv, client, workdir, env=env)
+
+
+def wait_ready(srv: Server, loadgen: Path, timeout: float) -> float:
+    """Poll until a linearizable range succeeds over gRPC. Returns seconds waited."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not srv.alive():
+            raise RuntimeError(
+                f"{srv.name} exited with code {srv.proc.returncode if srv.proc else '?'}"
+                f" before becoming ready; log tail:\n{srv.log_tail()}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", srv.client_port), timeout=0.5):
+                pass
+        except OSError as e:
+            last = f"tcp: {e}"
+            time.sleep(0.2)
+            continue
+        try:
+            out = subprocess.run(
+                [
+                    str(loadgen), "-endpoints", srv.endpoint, "-op", "range",
+                    "-clients", "1", "-total", "1", "-duration", "3s",
+                    "-dial-timeout", "2s", "-request-timeout", "2s",
+                ],
+                capture_output=True, text=True, timeout=15,
+            )  # fmt: skip
+            if out.returncode == 0:
+                return time.monotonic() - t0
+            tail = (out.stderr or out.stdout).strip().splitlines()
+            last = tail[-1] if tail else f"loadgen probe exited {out.returncode}"
+        except subprocess.TimeoutExpired:
+            last = "loadgen probe timed out"
+        time.sleep(0.3)
+    raise RuntimeError(f"{srv.name} not ready after {timeout:.0f}s (last: {last})")
+
+
+# --------------------------------------------------------------------------
+# workloads
+
+
+@dataclass
+class Workload:
+    name: str
+    desc: str
+    op: str
+    clients: int
+    total: int
+    seq_keys: bool
+    key_space: int
+
+
+def build_workloads(a: argparse.Namespace) -> list[Workload]:
+    w = [
+        Workload("put-seq-1c", f"put, 1 client, sequential keys, {a.seq_ops} ops",
+                 "put", 1, a.seq_ops, True, max(1, a.seq_ops)),
+        Workload(f"put-{a.clients}c", f"put, {a.clients} clients, random keys, {a.conc_ops} ops",
+                 "put", a.clients, a.conc_ops, False, a.key_space),
+    ]  # fmt: skip
+    if a.txn:
+        w.append(
+            Workload(f"txn-put-{a.clients}c", f"txn(put), {a.clients} clients, {a.conc_ops} ops",
+                     "txn-put", a.clients, a.conc_ops, False, a.key_space)
+        )  # fmt: skip
+    if not a.no_reads:
+        # Reads hit the keys written by put-seq-1c (all present).
+        ks = max(1, a.seq_ops)
+        w += [
+            Workload(f"range-{a.clients}c",
+                     f"linearizable get, {a.clients} clients, {a.read_ops} ops",
+                     "range", a.clients, a.read_ops, False, ks),
+            Workload(f"range-serializable-{a.clients}c",
+                     f"serializable get, {a.clients} clients, {a.read_ops} ops",
+                     "range-serializable", a.clients, a.read_ops, False, ks),
+        ]  # fmt: skip
+    return w
+
+
+def run_workload(srv: Server, loadgen: Path, wl: Workload, a: argparse.Namespace) -> dict[str, Any]:
+    argv = [
+        str(loadgen),
+        "-endpoints", srv.endpoint,
+        "-op", wl.op,
+        "-clients", str(wl.clients),
+        "-conns", str(a.conns),
+        "-total", str(wl.total),
+        "-duration", f"{a.duration}s",
+        "-key-size", str(a.key_size),
+        "-val-size", str(a.val_size),
+        "-key-space", str(wl.key_space),
+    ]  # fmt: skip
+    if wl.seq_keys:
+        argv.append("-seq-keys")
+    assert srv.proc is not None
+    cpu0 = proc_tree_cpu_s(srv.proc.pid)
+    t0 = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=a.duration + 60)
+    wall = time.monotonic() - t0
+    cpu1 = proc_tree_cpu_s(srv.proc.pid)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(
+            f"loadgen gave no result for {wl.name} on {srv.name} "
+            f"(rc={out.returncode}): {out.stderr.strip()[-500:]}"
+        )
+    res: dict[str, Any] = json.loads(lines[-1])
+    res["workload"] = wl.name
+    res["server_cpu_s"] = round(cpu1 - cpu0, 3)
+    res["server_cpu_pct"] = round((cpu1 - cpu0) / wall * 100, 1) if wall > 0 else None
+    return res
+
+
+def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median QPS (all runs kept under 'runs' when > 1)."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda r: r["qps"])
+    med = dict(ordered[(len(ordered) - 1) // 2])
+    med["runs"] = runs
+    return med
+
+
+def bench_server(
+    srv: Server,
+    loadgen: Path,
+    workloads: list[Workload],
+    a: argparse.Namespace,
+    info: dict[str, Any],
+) -> None:
+    """Fill `info` in place, so an interrupted run keeps what it measured."""
+    info.update({"argv": srv.argv, "endpoint": srv.endpoint, "workloads": {}})
+    try:
+        srv.start()
+        info["ready_s"] = round(wait_ready(srv, loadgen, a.ready_timeout), 2)
+        log(f"{srv.name} ready in {info['ready_s']}s at {srv.endpoint}")
+        if a.warmup_ops > 0:
+            # Not recorded: opens connections, warms caches/allocators, and
+            # keeps the first measured workload from paying for start-up.
+            wu = Workload("warmup", "warm-up puts", "put", a.clients, a.warmup_ops, False, 1000)
+            r = run_workload(srv, loadgen, wu, a)
+            info["warmup"] = {k: r[k] for k in ("ops", "errors", "qps", "elapsed_s")}
+            log(f"{srv.name} warm-up: {r['ops']} puts, {r['qps']:.0f} qps")
+        for wl in workloads:
+            runs = []
+            for i in range(a.repeat):
+                if not srv.alive():
+                    raise RuntimeError(f"{srv.name} died; log tail:\n{srv.log_tail()}")
+                r = run_workload(srv, loadgen, wl, a)
+                log(
+                    f"{srv.name} {wl.name} [{i + 1}/{a.repeat}]: {r['qps']:.0f} qps, "
+                    f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}, "
+                    f"server cpu {r['server_cpu_pct']}%, loadgen cpu {r['loadgen_cpu_pct']}%"
+                )
+                runs.append(r)
+            info["workloads"][wl.name] = median_result(runs)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        info["error"] = str(e)
+        log(f"{srv.name}: ERROR: {e}")
+    finally:
+        srv.stop()
+
+
+# --------------------------------------------------------------------------
+# report
+
+
+def fmt_num(x: Any, nd: int = 0) -> str:
+    if x is None:
+        return "—"
+    return f"{x:,.{nd}f}"
+
+
+def markdown_table(results: dict[str, Any], workloads: list[Workload]) -> str:
+    names = list(results["servers"].keys())
+    hdr = ["workload"]
+    for n in names:
+        hdr += [f"{n} QPS", f"{n} p50 ms", f"{n} p99 ms"]
+    both = "etcd" in names and "conch" in names
+    if both:
+        hdr += ["conch/etcd QPS", "conch/etcd p99"]
+    rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for wl in workloads:
+        row = [wl.name]
+        got: dict[str, dict[str, Any] | None] = {}
+        for n in names:
+            r = results["servers"][n].get("workloads", {}).get(wl.name)
+            got[n] = r
+            if r is None:
+                row += ["—", "—", "—"]
+            else:
+                err = f" ({r['errors']} err)" if r.get("errors") else ""
+                row += [fmt_num(r["qps"]) + err, fmt_num(r["p50_ms"], 2), fmt_num(r["p99_ms"], 2)]
+        if both:
+            e, c = got.get("etcd"), got.get("conch")
+            if e and c and e["qps"]:
+                row.append(f"{c['qps'] / e['qps']:.3f}")
+                row.append(f"{c['p99_ms'] / e['p99_ms']:.2f}" if e["p99_ms"] else "—")
+            else:
+                row += ["—", "—"]
+        rows.append("| " + " | ".join(row) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--only",
+        choices=["etcd", "conch", "both"],
+        default="both",
+        help="which server(s) to benchmark (default: both)",
+    )
+    ap.add_argument(
+        "--seq-ops", type=int, default=2000, help="ops for the 1-client sequential put workload"
+    )
+    ap.add_argument(
+        "--conc-ops", type=int, default=20000, help="ops for the concurrent put workload"
+    )
+    ap.add_argument(
+        "--read-ops", type=int, default=20000, help="ops for each concurrent read workload"
+    )
+    ap.add_argument(
+        "--clients", type=int, default=50, help="concurrent clients for the concurrent workloads"
+    )
+    ap.add_argument(
+        "--conns",
+        type=int,
+        default=0,
+        help="gRPC connections shared by the clients (0 = one per client)",
+    )
+    ap.add_argument(
+        "--duration", type=float, default=30.0, help="wall-clock cap per workload, seconds"
+    )
+    ap.add_argument("--key-size", type=int, default=8)
+    ap.add_argument("--val-size", type=int, default=256)
+    ap.add_argument(
+        "--key-space", type=int, default=100000, help="distinct keys for random-key puts"
+    )
+    ap.add_argument(
+        "--warmup-ops", type=int, default=1000, help="unrecorded puts before measuring (0 = none)"
+    )
+    ap.add_argument("--no-reads", action="store_true", help="skip the range workloads")
+    ap.add_argument("--txn", action="store_true", help="also run a concurrent txn(put) workload")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="runs per workload; the median-QPS run is reported"
+    )
+    ap.add_argument(
+        "--ready-timeout", type=float, default=60.0, help="seconds to wait for a server to serve"
+    )
+    ap.add_argument("--etcd-bin", default=shutil.which("etcd") or "/usr/bin/etcd")
+    ap.add_argument(
+        "--conch-python",
+        default=str(REPO / ".venv" / "bin" / "python"),
+        help="python used to run `-m conch` (default: <repo>/.venv/bin/python)",
+    )
+    ap.add_argument("--loadgen", type=Path, default=DEFAULT_LOADGEN)
+    ap.add_argument(
+        "--tmp-dir",
+        default=None,
+        help="parent of the temporary data dirs (default: system temp dir)",
+    )
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON path")
+    ap.add_argument("--no-fsync-probe", action="store_true", help="skip the fsync latency probe")
+    a = ap.parse_args(argv)
+
+    for n in ("seq_ops", "conc_ops", "read_ops", "clients", "repeat", "key_space"):
+        if getattr(a, n) < 1:
+            ap.error(f"--{n.replace('_', '-')} must be >= 1")
+    if a.duration <= 0 or a.duration > 600:
+        ap.error("--duration must be in (0, 600]")
+
+    # SIGTERM/SIGHUP -> same clean-up path as Ctrl-C.
+    def _on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+
+    loadgen = ensure_loadgen(a.loadgen)
+    workloads = build_workloads(a)
+    which = ["etcd", "conch"] if a.only == "both" else [a.only]
+
+    results: dict[str, Any] = {
+        "meta": {
+            "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "host": {
+                "nproc": os.cpu_count(),
+                "machine": platform.machine(),
+                "kernel": platform.release(),
+                "python": platform.python_version(),
+            },
+            "git_commit": git_commit(),
+            "loadgen": str(loadgen),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+            "workloads": {w.name: w.desc for w in workloads},
+        },
+        "servers": {},
+    }
+    try:
+        ver = subprocess.run([a.etcd_bin, "--version"], capture_output=True, text=True, timeout=10)
+        results["meta"]["etcd_version"] = ver.stdout.splitlines()[0] if ver.stdout else None
+    except (OSError, subprocess.SubprocessError):
+        results["meta"]["etcd_version"] = None
+
+    servers: list[Server] = []
+    interrupted = False
+    with tempfile.TemporaryDirectory(prefix="conch-bench-", dir=a.tmp_dir) as tmp:
+        tmpdir = Path(tmp)
+        try:
+            if not a.no_fsync_probe:
+                results["meta"]["fsync_probe"] = fsync_probe(tmpdir)
+                log(f"fsync probe in {tmpdir}: {results['meta']['fsync_probe']}")
+            for name in which:
+                wd = tmpdir / name
+                wd.mkdir()
+                if name == "etcd":
+                    srv = make_etcd(a.etcd_bin, wd)
+                else:
+                    if not Path(a.conch_python).exists():
+                        results["servers"]["conch"] = {
+                            "error": f"{a.conch_python} not found (create the venv first)"
+                        }
+                        log(results["servers"]["conch"]["error"])
+                        continue
+                    srv = make_conch(a.conch_python, wd)
+                servers.append(srv)
+                results["servers"][name] = {}
+                bench_server(srv, loadgen, workloads, a, results["servers"][name])
+        except KeyboardInterrupt:
+            interrupted = True
+            log("interrupted; stopping servers")
+        finally:
+            for s in servers:
+                s.stop()
+
+    results["meta"]["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    if interrupted:
+        results["meta"]["interrupted"] = True
+
+    table = markdown_table(results, workloads)
+    results["table_markdown"] = table
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = a.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
+    tmp_out.replace(a.out)
+
+    print(table)
+    for n, info in results["servers"].items():
+        if info.get("error"):
+            print(f"\n**{n}: error:**\n```\n{info['error']}\n```")
+    print(f"\nresults: {a.out}")
+    if interrupted:
+        return 130
+    return 1 if any(i.get("error") for i in results["servers"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
