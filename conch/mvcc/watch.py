@@ -404,7 +404,10 @@ class WatchHub:
         self.sync_batch_revs = sync_batch_revs
         self.current_revision = store.current_revision()
         self._key_watchers: dict[bytes, dict[Watcher, None]] = {}
-        self._range_watchers: dict[Watcher, None] = {}
+        # Range watchers grouped by their interval (key, end): one test per distinct range,
+        # however many watchers share it (many clients watching one prefix is the usual case).
+        self._ranges: dict[tuple[bytes, bytes], dict[Watcher, None]] = {}
+        self._n_range = 0
         self._unsynced: dict[Watcher, None] = {}
         self._streams: set[WatchStream] = set()
         self._wakeup = asyncio.Event()
@@ -422,7 +425,7 @@ class WatchHub:
 
     @property
     def synced_count(self) -> int:
-        return len(self._range_watchers) + sum(len(s) for s in self._key_watchers.values())
+        return self._n_range + sum(len(s) for s in self._key_watchers.values())
 
     @property
     def unsynced_count(self) -> int:
@@ -446,8 +449,8 @@ class WatchHub:
         if not events:
             return
         kw = self._key_watchers
-        rw = self._range_watchers
-        if not kw and not rw:
+        ranges = self._ranges
+        if not kw and not ranges:
             return
         matched: dict[Watcher, list[Event]] = {}
         for ev in events:
@@ -460,14 +463,15 @@ class WatchHub:
                         matched[w] = [ev]
                     else:
                         lst.append(ev)
-            if rw:
-                for w in rw:
-                    if w.matches(key):
-                        lst = matched.get(w)
-                        if lst is None:
-                            matched[w] = [ev]
-                        else:
-                            lst.append(ev)
+            if ranges:
+                for (lo, hi), group in ranges.items():
+                    if key >= lo and (not hi or key < hi):
+                        for w in group:
+                            lst = matched.get(w)
+                            if lst is None:
+                                matched[w] = [ev]
+                            else:
+                                lst.append(ev)
         went_unsynced = False
         for w, evs in matched.items():
             if rev < w.next_rev:
@@ -601,7 +605,13 @@ class WatchHub:
             else:
                 s[w] = None
         else:
-            self._range_watchers[w] = None
+            iv = (w.key, w.end)
+            g = self._ranges.get(iv)
+            if g is None:
+                self._ranges[iv] = {w: None}
+            else:
+                g[w] = None
+            self._n_range += 1
 
     def _del_synced(self, w: Watcher) -> None:
         if w.end is None:
@@ -611,7 +621,13 @@ class WatchHub:
                 if not s:
                     del self._key_watchers[w.key]
         else:
-            self._range_watchers.pop(w, None)
+            iv = (w.key, w.end)
+            g = self._ranges.get(iv)
+            if g is not None and w in g:
+                del g[w]
+                self._n_range -= 1
+                if not g:
+                    del self._ranges[iv]
 
     def _add_unsynced(self, w: Watcher) -> None:
         w.state = _UNSYNCED

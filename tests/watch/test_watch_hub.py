@@ -363,3 +363,23 @@ def test_catch_up_task_runs_on_the_loop(tmp_path: Path) -> None:
             e.backend.close()
 
     run(body)
+
+
+def test_watchers_sharing_a_range(env: Env) -> None:
+    s1 = env.hub.new_stream()
+    s2 = env.hub.new_stream()
+    a = s1.watch(b"p/", range_end=b"p0")
+    b = s1.watch(b"p/", range_end=b"p0")
+    c = s2.watch(b"p/", range_end=b"p0")
+    assert env.hub.synced_count == 3
+    s1.cancel(a)
+    assert env.hub.synced_count == 2
+    drain(s1)
+    drain(s2)
+    rev = env.put(b"p/x")
+    assert [(i.watch_id, event_revs([i])) for i in drain(s1)] == [(b, [rev])]
+    assert [(i.watch_id, event_revs([i])) for i in drain(s2)] == [(c, [rev])]
+    s1.close()
+    s2.close()
+    assert env.hub.watcher_count() == 0
+    env.put(b"p/y")
