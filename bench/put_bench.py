@@ -551,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": platform.machine(),
                 "kernel": platform.release(),
                 "python": platform.python_version(),
+                "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
             },
             "git_commit": git_commit(),
             "loadgen": str(loadgen),
@@ -597,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                 s.stop()
 
     results["meta"]["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    # Other work on this (small) machine skews the numbers; keep a trace of it.
+    results["meta"]["host"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     if interrupted:
         results["meta"]["interrupted"] = True
 
