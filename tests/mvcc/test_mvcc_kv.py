@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Harness, kv  # type: ignore[import-not-found]
+from mvcc_helpers import Harness, kv  # type: ignore[import-not-found]
 
 from conch.errors import (
     ErrCompacted,
