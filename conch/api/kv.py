@@ -92,7 +92,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if txn_is_read_only(request):
             if not txn_is_serializable(request):
                 await m.read_barrier()
-            resp = m.store.read_txn(request)
+            resp, _ = m.store.txn(None, request)
         else:
             m.check_space()
             irr = IRR()

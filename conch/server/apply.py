@@ -89,37 +89,28 @@ class Applier:
     ) -> tuple[Any, list[kv_pb2.Event], int]:
         store = self._store
         if req.HasField("put"):
-            w = store.write(txn)
-            resp = w.put(req.put)
-            events = w.end()
-            rev = w.rev if events else store.current_revision_in(txn)
-            resp.header.revision = rev
-            return resp, events, rev
+            resp, events = store.put(txn, req.put)
+            return resp, events, resp.header.revision
         if req.HasField("delete_range"):
-            w = store.write(txn)
-            resp = w.delete_range(req.delete_range)
-            events = w.end()
-            rev = w.rev if events else store.current_revision_in(txn)
-            resp.header.revision = rev
-            return resp, events, rev
+            resp, events = store.delete_range(txn, req.delete_range)
+            return resp, events, resp.header.revision
         if req.HasField("txn"):
             resp, events = store.txn(txn, req.txn)
-            rev = store.current_revision_in(txn)
-            return resp, events, rev
+            return resp, events, store.current_revision(txn)
         if req.HasField("compaction"):
             store.compact(txn, req.compaction.revision)
             resp = rpc_pb2.CompactionResponse()
-            resp.header.revision = store.current_revision_in(txn)
+            resp.header.revision = store.current_revision(txn)
             return resp, [], 0
         if req.HasField("lease_grant"):
             g = req.lease_grant
             lease_id, ttl = self._lessor.grant(txn, g.ID, g.TTL, time.monotonic())
             resp = rpc_pb2.LeaseGrantResponse(ID=lease_id, TTL=ttl)
-            resp.header.revision = store.current_revision_in(txn)
+            resp.header.revision = store.current_revision(txn)
             return resp, [], 0
         if req.HasField("lease_revoke"):
             events = self._lessor.revoke(txn, req.lease_revoke.ID)
-            rev = store.current_revision_in(txn)
+            rev = store.current_revision(txn)
             resp = rpc_pb2.LeaseRevokeResponse()
             resp.header.revision = rev
             return resp, events, rev
@@ -150,5 +141,5 @@ class Applier:
         else:
             for mid, alarm in sorted(self.alarms):
                 resp.alarms.append(rpc_pb2.AlarmMember(memberID=mid, alarm=alarm))
-        resp.header.revision = self._store.current_revision_in(txn)
+        resp.header.revision = self._store.current_revision(txn)
         return resp

@@ -277,8 +277,12 @@ class Member:
                     break
                 batch.extend(more)
             t0 = time.perf_counter()
-            with self._apply_lock:
-                applied = self.applier.apply_batch(batch)
+            try:
+                with self._apply_lock:
+                    applied = self.applier.apply_batch(batch)
+            except Exception:  # the store can no longer follow the log: stop, as etcd panics
+                log.exception("applying entries failed; stopping the member")
+                os._exit(1)
             self.metrics.observe_commit(time.perf_counter() - t0)
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._on_applied, applied)
