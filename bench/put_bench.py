@@ -402,6 +402,8 @@ def bench_server(
             r = run_workload(srv, loadgen, wu, a)
             info["warmup"] = {k: r[k] for k in ("ops", "errors", "qps", "elapsed_s")}
             log(f"{srv.name} warm-up: {r['ops']} puts, {r['qps']:.0f} qps")
+            if r["ops"] == 0:
+                log(f"WARNING: no warm-up put succeeded on {srv.name}: {r.get('first_error')}")
         for wl in workloads:
             runs = []
             for i in range(a.repeat):
@@ -413,7 +415,13 @@ def bench_server(
                     f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}, "
                     f"server cpu {r['server_cpu_pct']}%, loadgen cpu {r['loadgen_cpu_pct']}%"
                 )
+                if r["errors"]:
+                    log(f"  first error: {r.get('first_error')}")
                 runs.append(r)
+                if r["ops"] == 0:
+                    # Nothing succeeded: repeating would only wait out the
+                    # duration cap again.
+                    break
             info["workloads"][wl.name] = median_result(runs)
     except (RuntimeError, subprocess.SubprocessError, OSError) as e:
         info["error"] = str(e)
@@ -449,12 +457,14 @@ def markdown_table(results: dict[str, Any], workloads: list[Workload]) -> str:
             got[n] = r
             if r is None:
                 row += ["—", "—", "—"]
+            elif not r.get("ops"):
+                row += [f"0 ({r.get('errors', 0)} err)", "—", "—"]
             else:
                 err = f" ({r['errors']} err)" if r.get("errors") else ""
                 row += [fmt_num(r["qps"]) + err, fmt_num(r["p50_ms"], 2), fmt_num(r["p99_ms"], 2)]
         if both:
             e, c = got.get("etcd"), got.get("conch")
-            if e and c and e["qps"]:
+            if e and c and e["qps"] and c.get("ops"):
                 row.append(f"{c['qps'] / e['qps']:.3f}")
                 row.append(f"{c['p99_ms'] / e['p99_ms']:.2f}" if e["p99_ms"] else "—")
             else:
