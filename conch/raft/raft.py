@@ -77,8 +77,9 @@ class Config:
     pre_vote: bool = True
     read_only_option: ReadOnlyOption = ReadOnlyOption.Safe
     disable_proposal_forwarding: bool = False
-    # etcd defaults this to False (a removed leader keeps leading until it is replaced); we
-    # step down as soon as the leader applies its own removal.
+    # A leader that applies its own removal or demotion hands leadership to the most
+    # caught-up voter (transfer, retried each election timeout) and proposals are refused
+    # meanwhile. False keeps etcd's default: it keeps leading until the application acts.
     step_down_on_removal: bool = True
     rng: random.Random | None = None
     # Deliberately broken behaviours for proving that the simulator's checker has teeth.
@@ -301,14 +302,15 @@ class Raft:
         if not self.increase_uncommitted_size(size):
             return False
         term = self.term
-        for k, e in enumerate(es, 1):
-            e.term = term
-            e.index = li + k
+        # Fresh objects: the proposal's entries may be shared with a (duplicated) message.
+        es = [Entry(term, li + k, e.type, e.data) for k, e in enumerate(es, 1)]
         li = log.append(es)
         # Our own acknowledgement is counted immediately. This is safe because the Ready
         # contract forbids sending any message (or applying any entry) before this Ready's
         # entries are durable, so nobody can observe a commit that counts us prematurely.
-        self.trk.progress[self.id].maybe_update(li)
+        pr = self.trk.progress.get(self.id)
+        if pr is not None:
+            pr.maybe_update(li)
         if self.maybe_commit():
             self._release_pending_read_index_messages()
         return True
@@ -344,6 +346,9 @@ class Raft:
             # A transfer that did not finish within an election timeout is abandoned.
             if self.state == LEADER and self.lead_transferee != NONE:
                 self.abort_leader_transfer()
+            if (self.state == LEADER and self.step_down_on_removal
+                    and self._removed_or_demoted()):
+                self._hand_off_leadership()
         if self.state != LEADER:
             return
         if self.heartbeat_elapsed >= self.heartbeat_timeout:
@@ -589,6 +594,10 @@ class Raft:
         elif t == HB_RESP:
             pr.recent_active = True
             pr.msg_app_flow_paused = False
+            if pr.state == REPLICATE and pr.inflights.full():
+                # The follower is alive but our window is stuck (appends or their acks were
+                # lost, or it restarted): let one more MsgApp out per heartbeat round.
+                pr.inflights.free_first_one()
             if pr.match < self.raft_log.last_index() or pr.state == PROBE:
                 self.send_append(m.frm)
             if self.read_only.option != ReadOnlyOption.Safe or not m.context:
@@ -627,16 +636,19 @@ class Raft:
             raise ProposalDropped("this node was removed from the configuration")
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
+        ents = m.entries
         for k, e in enumerate(m.entries):
             if e.type == ENTRY_NORMAL:
                 continue
             cc = conf_change_from_entry(e)
             refused = self._refuse_conf_change(cc)
             if refused:
-                m.entries[k] = Entry(type=ENTRY_NORMAL)
+                if ents is m.entries:
+                    ents = list(ents)  # never mutate a received message
+                ents[k] = Entry(type=ENTRY_NORMAL)
             else:
                 self.pending_conf_index = self.raft_log.last_index() + k + 1
-        if not self.append_entries(m.entries):
+        if not self.append_entries(ents):
             raise ProposalDropped("too many uncommitted entries")
         self.bcast_append()
 
@@ -725,7 +737,8 @@ class Raft:
             self._send_read_index_response(m)
 
     def _send_read_index_response(self, m: Message) -> None:
-        if self.trk.is_singleton():
+        if self.trk.is_singleton() and self.id in self.trk.voters.incoming:
+            # We are the only voter: our commit index is authoritative.
             resp = self._response_to_read_index_req(m, self.raft_log.committed)
             if resp is not None:
                 self.send(resp)
@@ -781,8 +794,7 @@ class Raft:
                 raise ProposalDropped("no leader")
             if self.disable_proposal_forwarding:
                 raise ProposalDropped("proposal forwarding disabled")
-            m.to = self.lead
-            self.send(m)
+            self.send(_forward(m, self.lead))
         elif t == APP:
             self.election_elapsed = 0
             self.lead = m.frm
@@ -798,8 +810,7 @@ class Raft:
         elif t == M.MsgTransferLeader:
             if self.lead == NONE:
                 return
-            m.to = self.lead
-            self.send(m)
+            self.send(_forward(m, self.lead))
         elif t == M.MsgForgetLeader:
             if self.read_only.option == ReadOnlyOption.LeaseBased:
                 return  # forgetting would break the lease
@@ -810,8 +821,7 @@ class Raft:
         elif t == M.MsgReadIndex:
             if self.lead == NONE:
                 return  # dropped; the caller times out and retries
-            m.to = self.lead
-            self.send(m)
+            self.send(_forward(m, self.lead))
         elif t == M.MsgReadIndexResp:
             if len(m.entries) != 1:
                 return
@@ -886,12 +896,13 @@ class Raft:
         cs = self.trk.conf_state()
         pr = self.trk.progress.get(self.id)
         removed_or_demoted = pr is None or pr.is_learner
-        if self.state == LEADER and removed_or_demoted:
-            if self.step_down_on_removal:
-                self.become_follower(self.term, NONE)
-            return cs
         if self.state != LEADER or not cs.voters:
             return cs
+        if removed_or_demoted and self.step_down_on_removal:
+            # Stepping down on the spot can deadlock: the remaining voters may not know the
+            # change committed, and we (now a non-voter) may hold a longer log that makes us
+            # refuse their votes. Hand over instead: catch up a voter, then TimeoutNow.
+            self._hand_off_leadership()
         if self.maybe_commit():
             # A smaller quorum may commit more right away.
             self._on_commit()
@@ -902,7 +913,36 @@ class Raft:
                     self.maybe_send_append(node, False)
         if self.lead_transferee != NONE and self.lead_transferee not in self.trk.voters.ids():
             self.abort_leader_transfer()
+            if removed_or_demoted and self.step_down_on_removal:
+                self._hand_off_leadership()
         return cs
+
+    def _removed_or_demoted(self) -> bool:
+        pr = self.trk.progress.get(self.id)
+        return pr is None or pr.is_learner
+
+    def _hand_off_leadership(self) -> None:
+        """A leader that is no longer a voter transfers leadership to the most caught-up
+        voter (retried every election timeout until someone takes over)."""
+        if self.lead_transferee != NONE:
+            return
+        best = NONE
+        best_match = -1
+        for node in sorted(self.trk.voters.ids()):
+            pr = self.trk.progress[node]
+            if node != self.id and pr.match > best_match:
+                best, best_match = node, pr.match
+        if best == NONE:
+            self.become_follower(self.term, NONE)
+            return
+        self._leader_transfer(Message(M.MsgTransferLeader, frm=best))
+
+
+def _forward(m: Message, to: int) -> Message:
+    """A copy of ``m`` addressed to ``to``: received messages are never mutated."""
+    return Message(m.type, to=to, frm=m.frm, term=m.term, log_term=m.log_term, index=m.index,
+                   entries=m.entries, commit=m.commit, vote=m.vote, snapshot=m.snapshot,
+                   reject=m.reject, reject_hint=m.reject_hint, context=m.context)
 
 
 __all__ = ["Config", "ConfChangeError", "Raft"]

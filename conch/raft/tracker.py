@@ -117,6 +117,10 @@ class Inflights:
             del idx[:k]
             del self.sizes[:k]
 
+    def free_first_one(self) -> None:
+        if self.indexes:
+            self.free_le(self.indexes[0])
+
     def full(self) -> bool:
         return len(self.indexes) >= self.max_count or (
             self.max_bytes > 0 and self.bytes >= self.max_bytes
