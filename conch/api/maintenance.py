@@ -86,7 +86,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         if request.action == rpc_pb2.AlarmRequest.GET:
             resp = rpc_pb2.AlarmResponse(
                 alarms=[
-                    rpc_pb2.AlarmMember(memberID=mid, alarm=a)
+                    rpc_pb2.AlarmMember(memberID=mid, alarm=a)  # type: ignore[arg-type]
                     for mid, a in sorted(m.applier.alarms)
                     if request.alarm in (rpc_pb2.NONE, a)
                 ]

@@ -94,8 +94,13 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     stop = asyncio.Event()
     got: list[int] = []
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: int) -> None:
+        got.append(sig)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: (got.append(s), stop.set()))
+        loop.add_signal_handler(sig, on_signal, sig)
     if ready is not None:
         ready.set()
     await stop.wait()
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
         uvloop.install()
     except ImportError:

@@ -48,7 +48,7 @@ class Applier:
         with self._backend.read() as txn:
             cur = txn.cursor(db=self._backend.db(ALARM_BUCKET))
             for key, _ in cur:
-                am = rpc_pb2.AlarmMember.FromString(key)
+                am = rpc_pb2.AlarmMember.FromString(bytes(key))
                 self.alarms.add((am.memberID, am.alarm))
 
     def consistent_index(self) -> int:
@@ -62,14 +62,16 @@ class Applier:
         with self._backend.write() as txn:
             ci = self._backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
             last = ci
-            for index, req in entries:
+            for index, item in entries:
                 if index <= ci:
                     continue
-                if isinstance(req, bytes | bytearray | memoryview):
-                    req = InternalRaftRequest.FromString(bytes(req)) if req else None
                 last = index
-                if req is None:  # empty entry (e.g. a leader's no-op)
-                    continue
+                if isinstance(item, bytes):
+                    if not item:  # empty entry (e.g. a new leader's no-op)
+                        continue
+                    req = InternalRaftRequest.FromString(item)
+                else:
+                    req = item
                 rid = req.header.ID or req.ID
                 try:
                     resp, events, rev = self._apply_one(txn, req, applied)
@@ -88,6 +90,7 @@ class Applier:
         self, txn: Any, req: InternalRaftRequest, applied: Applied
     ) -> tuple[Any, list[kv_pb2.Event], int]:
         store = self._store
+        resp: Any
         if req.HasField("put"):
             resp, events = store.put(txn, req.put)
             return resp, events, resp.header.revision
@@ -133,13 +136,13 @@ class Applier:
         elif req.action == A.DEACTIVATE:
             for mid, alarm in sorted(self.alarms):
                 if (req.memberID in (0, mid)) and req.alarm in (rpc_pb2.NONE, alarm):
-                    key = rpc_pb2.AlarmMember(memberID=mid, alarm=alarm)
+                    key = rpc_pb2.AlarmMember(memberID=mid, alarm=alarm)  # type: ignore[arg-type]
                     txn.delete(key.SerializeToString(deterministic=True), db=db)
                     self.alarms.discard((mid, alarm))
                     resp.alarms.append(key)
                     applied.alarms_changed = True
         else:
             for mid, alarm in sorted(self.alarms):
-                resp.alarms.append(rpc_pb2.AlarmMember(memberID=mid, alarm=alarm))
+                resp.alarms.append(rpc_pb2.AlarmMember(memberID=mid, alarm=alarm))  # type: ignore[arg-type]
         resp.header.revision = self._store.current_revision(txn)
         return resp

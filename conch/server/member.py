@@ -124,7 +124,7 @@ class Member:
         tail = [e for e in entries if e.Index > ci]
         for i in range(0, len(tail), _REPLAY_CHUNK):
             chunk = [(e.Index, e.Data) for e in tail[i : i + _REPLAY_CHUNK]]
-            self.applier.apply_batch(chunk)  # type: ignore[arg-type]
+            self.applier.apply_batch(chunk)
         if tail:
             log.info("replayed %d WAL entries (%d..%d)", len(tail), tail[0].Index, last_index)
         # A restart is a new election for the single member: the term never goes backwards.
