@@ -82,7 +82,8 @@ class HTTPEndpoints:
             return 404, "text/plain", b"404 page not found\n"
         if path == "/version":
             body = json.dumps(
-                {"etcdserver": ETCD_COMPAT_VERSION, "etcdcluster": ETCD_COMPAT_VERSION[:-1] + "0"}
+                {"etcdserver": ETCD_COMPAT_VERSION, "etcdcluster": ETCD_COMPAT_VERSION[:-1] + "0"},
+                separators=(",", ":"),
             )
             return 200, "application/json", body.encode()
         if path.startswith("/livez") or path.startswith("/readyz"):
@@ -106,7 +107,10 @@ class HTTPEndpoints:
             except EtcdError as exc:
                 reason = f"RANGE ERROR:{exc.message}"
         ok = not reason
-        body = json.dumps({"health": "true" if ok else "false", "reason": reason})
+        # Go's json.Marshal: no spaces.
+        body = json.dumps(
+            {"health": "true" if ok else "false", "reason": reason}, separators=(",", ":")
+        )
         return (200 if ok else 503), "application/json", body.encode()
 
     async def _probe(self, path: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:

@@ -1,0 +1,129 @@
+"""A real conch process: leases expire and survive restarts, watches see applied writes,
+the HTTP endpoints answer, and the response headers carry etcd's fields."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+
+from conch.proto.etcdserverpb import rpc_pb2
+from tests.grpc_stubs import connect
+from tests.harness import free_port
+
+
+def _poll(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server):
+    with connect(conch_server.endpoint) as s:
+        grant = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=1), timeout=10)
+        assert grant.TTL == 2  # raised to the minimum TTL (ceil(1.5 * election timeout))
+        for k in (b"l/a", b"l/b", b"l/c"):
+            s.kv.Put(rpc_pb2.PutRequest(key=k, value=b"v", lease=grant.ID), timeout=10)
+        rev_before = s.kv.Range(rpc_pb2.RangeRequest(key=b"l/a"), timeout=10).header.revision
+        started = time.monotonic()
+        _poll(
+            lambda: s.kv.Range(rpc_pb2.RangeRequest(key=b"l/", range_end=b"l0"), timeout=10).count
+            == 0,
+            10,
+            "lease expiry",
+        )
+        # Not before the TTL has run out.
+        assert time.monotonic() - started >= 1.0
+        rev_after = s.kv.Range(rpc_pb2.RangeRequest(key=b"l/a"), timeout=10).header.revision
+        assert rev_after == rev_before + 1  # all three keys deleted in one revision
+        ttl = s.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=grant.ID), timeout=10)
+        assert ttl.TTL == -1
+        ka = next(iter(s.lease.LeaseKeepAlive(iter([rpc_pb2.LeaseKeepAliveRequest(ID=grant.ID)]),
+                                              timeout=10)))
+        assert (ka.ID, ka.TTL) == (grant.ID, 0)
+
+
+def test_leases_and_keys_survive_restart(conch_server):
+    with connect(conch_server.endpoint) as s:
+        grant = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=600, ID=77), timeout=10)
+        s.kv.Put(rpc_pb2.PutRequest(key=b"held", value=b"v", lease=77), timeout=10)
+        term_before = s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=10).raftTerm
+    conch_server.kill(signal.SIGKILL)
+    conch_server.start()
+    with connect(conch_server.endpoint) as s:
+        ttl = s.lease.LeaseTimeToLive(
+            rpc_pb2.LeaseTimeToLiveRequest(ID=grant.ID, keys=True), timeout=10
+        )
+        assert (ttl.grantedTTL, list(ttl.keys)) == (600, [b"held"])
+        assert 590 <= ttl.TTL <= 600
+        assert [le.ID for le in s.lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=10)
+                .leases] == [77]
+        kv = s.kv.Range(rpc_pb2.RangeRequest(key=b"held"), timeout=10).kvs[0]
+        assert kv.lease == 77
+        status = s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=10)
+        assert status.raftTerm > term_before  # the term never goes backwards
+
+
+def test_watch_sees_writes_through_the_member(conch_server):
+    with connect(conch_server.endpoint) as s:
+        s.kv.Put(rpc_pb2.PutRequest(key=b"w/0", value=b"old"), timeout=10)
+        requests = iter([rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
+            key=b"w/", range_end=b"w0", start_revision=2, prev_kv=True))])
+        stream = s.watch.Watch(requests, timeout=20)
+        created = next(stream)
+        assert created.created
+        s.kv.Put(rpc_pb2.PutRequest(key=b"w/0", value=b"new"), timeout=10)
+        s.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"w/0"), timeout=10)
+        events = []
+        for resp in stream:
+            events.extend(resp.events)
+            if len(events) >= 3:
+                break
+        stream.cancel()
+        assert [(e.type, e.kv.key, e.kv.value, e.kv.mod_revision) for e in events] == [
+            (0, b"w/0", b"old", 2), (0, b"w/0", b"new", 3), (1, b"w/0", b"", 4)]
+        assert events[1].prev_kv.value == b"old" and events[2].prev_kv.value == b"new"
+
+
+def test_headers_and_status(conch_server):
+    with connect(conch_server.endpoint) as s:
+        put = s.kv.Put(rpc_pb2.PutRequest(key=b"h", value=b"1"), timeout=10)
+        status = s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=10)
+        members = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=10)
+    h = put.header
+    assert h.revision == 2 and h.raft_term == status.raftTerm
+    assert h.member_id == status.header.member_id == status.leader == members.members[0].ID
+    assert h.cluster_id == members.header.cluster_id
+    assert members.members[0].clientURLs == [conch_server.client_url]
+    assert status.raftAppliedIndex == status.raftIndex >= 1
+    assert status.dbSize > 0 and status.dbSizeInUse > 0
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_http_endpoints(server_factory):
+    srv = server_factory("conch", http_port=free_port())
+    base = srv.http_url
+    assert _get(base + "/health") == (200, '{"health":"true","reason":""}')
+    assert json.loads(_get(base + "/version")[1])["etcdserver"].startswith("3.5")
+    code, text = _get(base + "/metrics")
+    assert code == 200
+    for name in ("etcd_server_has_leader 1", "etcd_debugging_mvcc_current_revision 1",
+                 "etcd_disk_wal_fsync_duration_seconds_bucket"):
+        assert name in text
+    assert _get(base + "/readyz") == (200, "ok\n")
+    code, text = _get(base + "/livez?verbose")
+    assert code == 200 and "[+]serializable_read ok" in text
+    assert _get(base + "/nope")[0] == 404
