@@ -82,8 +82,10 @@ class Config:
     # meanwhile. False keeps etcd's default: it keeps leading until the application acts.
     step_down_on_removal: bool = True
     rng: random.Random | None = None
-    # Deliberately broken behaviours for proving that the simulator's checker has teeth.
-    # Never set outside tests.
+    # Deliberately broken behaviours for proving that the simulator's checker has teeth:
+    # "votes_across_terms" (votes of an earlier round, including pre-votes, still count),
+    # "commit_prev_term" (commit any entry replicated on a quorum, ignoring §5.4.2),
+    # "stale_read" (answer ReadIndex without confirming leadership). Never set outside tests.
     unsafe_bug: str = ""
 
     def validate(self) -> None:
@@ -97,7 +99,7 @@ class Config:
             raise ValueError("max inflight messages must be greater than 0")
         if self.read_only_option == ReadOnlyOption.LeaseBased and not self.check_quorum:
             raise ValueError("CheckQuorum must be enabled when ReadOnlyOption is LeaseBased")
-        if self.unsafe_bug not in ("", "votes_across_terms", "commit_prev_term"):
+        if self.unsafe_bug not in ("", "votes_across_terms", "commit_prev_term", "stale_read"):
             raise ValueError(f"unknown unsafe_bug {self.unsafe_bug!r}")
 
 
@@ -743,7 +745,7 @@ class Raft:
             if resp is not None:
                 self.send(resp)
             return
-        if self.read_only.option == ReadOnlyOption.Safe:
+        if self.read_only.option == ReadOnlyOption.Safe and self.unsafe_bug != "stale_read":
             # Answered after a quorum acknowledges the next heartbeat round (flush_read_index).
             self.read_only.add_request(self.raft_log.committed, m)
         else:
