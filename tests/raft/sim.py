@@ -34,13 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from conch.raft import (
-    Config,
     ConfChange,
     ConfChangeError,
     ConfChangeSingle,
     ConfChangeTransition,
     ConfChangeType,
     ConfChangeV2,
+    Config,
     ConfState,
     Entry,
     EntryType,
