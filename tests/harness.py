@@ -36,6 +36,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -460,9 +461,18 @@ class EtcdProcess(ServerProcess):
 
 
 class ConchProcess(ServerProcess):
-    """conch via ``sys.executable -m conch`` with etcd's flags (client side only)."""
+    """conch via ``sys.executable -m conch`` with etcd's flags.
+
+    By default only the client-side flags are given (how conch is normally started);
+    ``peer_flags=True`` adds exactly the peer/cluster flags EtcdProcess gives etcd, so both
+    report the same kind of member (e.g. for differential tests of ``member list``).
+    """
 
     kind = "conch"
+
+    def __init__(self, *args: Any, peer_flags: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer_flags = peer_flags
 
     def command(self) -> list[str]:
         cmd = [
@@ -472,6 +482,14 @@ class ConchProcess(ServerProcess):
             "--listen-client-urls", self.client_url,
             "--advertise-client-urls", self.client_url,
         ]  # fmt: skip
+        if self.peer_flags:
+            cmd += [
+                "--listen-peer-urls", self.peer_url,
+                "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-cluster", f"{self.name}={self.peer_url}",
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", f"harness-{self.name}",
+            ]  # fmt: skip
         if self.http_port:
             cmd += ["--listen-client-http-urls", self.http_url or ""]
         return cmd + self.extra_args
