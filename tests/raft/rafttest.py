@@ -70,8 +70,10 @@ class Cluster:
         self.nodes: dict[int, Node] = {}
         for i in [*cs.voters, *cs.learners]:
             self.add_node(i, cs)
-        for i in extra:  # nodes not in the initial config (to be added later)
-            self.add_node(i, ConfState())
+        for i in extra:
+            # Nodes to be added later. Like a joining etcd member they know the current
+            # configuration (in etcd they learn it from the log) but are not part of it.
+            self.add_node(i, cs)
         self.dropped: set[tuple[int, int]] = set()
         self.drop_filter: Callable[[Message], bool] | None = None
         self.trace: list[Message] = []
