@@ -55,7 +55,8 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.HashKVResponse:
         m = self._m
-        h, compact_rev, hash_rev = await asyncio.to_thread(m.store.hash_kv, request.revision)
+        async with m.maintenance_lock:
+            h, compact_rev, hash_rev = await asyncio.to_thread(m.store.hash_kv, request.revision)
         return rpc_pb2.HashKVResponse(
             header=m.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev
         )
@@ -75,7 +76,8 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                         value = crc32c.crc32c(v, crc32c.crc32c(k, value))
             return value
 
-        h = await asyncio.to_thread(whole_backend_hash)
+        async with m.maintenance_lock:
+            h = await asyncio.to_thread(whole_backend_hash)
         return rpc_pb2.HashResponse(header=m.header(), hash=h)
 
     @unary
@@ -99,6 +101,14 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return resp
 
     @unary
+    async def Defragment(
+        self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DefragmentResponse:
+        m = self._m
+        await m.defragment()
+        return rpc_pb2.DefragmentResponse(header=m.header())
+
+    @unary
     async def MoveLeader(
         self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MoveLeaderResponse:
@@ -117,8 +127,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         os.close(fd)
         os.unlink(path)
         try:
-            await asyncio.to_thread(m.backend.env.copy, path, True)
-            header = m.header()
+            async with m.maintenance_lock:
+                await asyncio.to_thread(m.backend.env.copy, path, True)
+                header = m.header()
             size = os.path.getsize(path)
             digest = hashlib.sha256()
             sent = 0
@@ -155,7 +166,12 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     async def MemberList(
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
-        return rpc_pb2.MemberListResponse(header=self._m.header(), members=[self._self()])
+        m = self._m
+        # etcd's cluster server fills no revision in its headers.
+        header = rpc_pb2.ResponseHeader(
+            cluster_id=m.cluster_id, member_id=m.member_id, raft_term=m.term
+        )
+        return rpc_pb2.MemberListResponse(header=header, members=[self._self()])
 
 
 class AuthService(rpc_pb2_grpc.AuthServicer):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import lmdb
@@ -55,10 +55,16 @@ class Backend:
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
+        self._map_size = map_size
+        self._sync_lock = threading.Lock()
+        self._reopen_listeners: list[Callable[[], None]] = []
+        self._open()
+
+    def _open(self) -> None:
         self._env = lmdb.open(
-            path,
+            self.path,
             subdir=False,
-            map_size=map_size,
+            map_size=self._map_size,
             max_dbs=len(BUCKETS) + 4,
             sync=False,
             metasync=False,
@@ -70,7 +76,10 @@ class Backend:
         with self._env.begin(write=True) as txn:
             for name in BUCKETS:
                 self._dbs[name] = self._env.open_db(name, txn=txn)
-        self._sync_lock = threading.Lock()
+
+    def add_reopen_listener(self, fn: Callable[[], None]) -> None:
+        """`fn` runs after `swap_in` reopened the environment (handles must be re-fetched)."""
+        self._reopen_listeners.append(fn)
 
     @property
     def env(self) -> lmdb.Environment:
@@ -142,16 +151,37 @@ class Backend:
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])
 
-    def defragment(self) -> None:
-        """Rewrite the file compacted (etcd's Defragment). Callers must hold off writers."""
+    def copy_compacted(self) -> str:
+        """Write a compacted copy of the environment next to it; returns its path.
+
+        Safe beside concurrent readers; the caller keeps writers out so that the copy is
+        the final state."""
         tmp = self.path + ".defrag.tmp"
         if os.path.exists(tmp):
             os.unlink(tmp)
         self._env.copy(tmp, compact=True)
-        map_size = self._env.info()["map_size"]
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def swap_in(self, tmp: str) -> None:
+        """Replace the environment with the copy at `tmp` (etcd's Defragment).
+
+        The caller guarantees that no transaction is open: every handle from `db()` and
+        `env` becomes invalid, which is why listeners are told to re-fetch them."""
+        self._env.sync(True)
         self._env.close()
         os.replace(tmp, self.path)
         lock = self.path + "-lock"
         if os.path.exists(lock):
             os.unlink(lock)
-        self.__init__(self.path, map_size)  # type: ignore[misc]
+        self._open()
+        for fn in self._reopen_listeners:
+            fn()
+
+    def defragment(self) -> None:
+        """Compact the file in place. Callers must hold off readers and writers."""
+        self.swap_in(self.copy_compacted())

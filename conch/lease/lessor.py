@@ -156,6 +156,7 @@ class Lessor:
         self._backend = backend
         self._store = store
         self._db = backend.db(_LEASE_BUCKET)
+        backend.add_reopen_listener(self._rebind)
         self.min_ttl = min_ttl
         self._revoke_rate = revoke_rate
         self._retry = expired_retry_interval
@@ -170,6 +171,9 @@ class Lessor:
         self._load()
 
     # --- loading ------------------------------------------------------------------------
+    def _rebind(self) -> None:
+        self._db = self._backend.db(_LEASE_BUCKET)
+
     def _load(self) -> None:
         """(Re)build the in-memory state from the lease bucket and the live keys."""
         leases: dict[int, _Lease] = {}

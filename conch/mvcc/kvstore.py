@@ -100,12 +100,18 @@ class KVStore:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._bind_handles()
+        backend.add_reopen_listener(self._bind_handles)
+        self.lease_hooks: LeaseHooks = NoLeases()
+
+    def _bind_handles(self) -> None:
+        """(Re)fetch the LMDB handles; called again after the backend was defragmented."""
+        backend = self.backend
         self.env: lmdb.Environment = backend.env
         self._key = backend.db(b"key")
         self._index = backend.db(b"index")
         self._latest = backend.db(b"latest")
         self._meta = backend.db(b"meta")
-        self.lease_hooks: LeaseHooks = NoLeases()
 
     # --- revisions --------------------------------------------------------------------
     def _cur(self, txn: lmdb.Transaction) -> int:

@@ -380,7 +380,9 @@ class Raft:
             pr.recent_active = node == self.id or pr.recent_active
         self.pending_conf_index = 0
         self.uncommitted_size = 0
+        # Reads waiting on a former role are dropped; their callers time out and retry.
         self.read_only.reset()
+        self.pending_read_index_messages = []
 
     def reset_randomized_election_timeout(self) -> None:
         # Uniform in [election_timeout, 2 * election_timeout): split votes become unlikely.

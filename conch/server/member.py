@@ -18,7 +18,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from conch import ETCD_COMPAT_VERSION
@@ -87,6 +86,9 @@ class Member:
         self._stopping = False
         self._lease_task: asyncio.Task[None] | None = None
         self._apply_lock = threading.Lock()
+        # Held by maintenance work that reads the backend off the loop (hash, snapshot) and
+        # by defragment, which closes and reopens the environment.
+        self.maintenance_lock = asyncio.Lock()
         self.metrics = _Counters()
         self.start_time = time.time()
 
@@ -354,10 +356,16 @@ class Member:
     def version(self) -> str:
         return ETCD_COMPAT_VERSION
 
-    def run_exclusive(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` while no batch is being applied (for maintenance work on the backend)."""
-        with self._apply_lock:
-            return fn()
+    async def defragment(self) -> None:
+        """Rewrite the backend compacted. Like etcd, writes wait while it runs."""
+        async with self.maintenance_lock:
+            await asyncio.to_thread(self._apply_lock.acquire)
+            try:
+                tmp = await asyncio.to_thread(self.backend.copy_compacted)
+                # On the loop: no read transaction can be open while the file is swapped.
+                self.backend.swap_in(tmp)
+            finally:
+                self._apply_lock.release()
 
 
 class _Counters:
