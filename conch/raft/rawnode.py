@@ -126,8 +126,7 @@ class RawNode:
         try:
             self.raft.step(m)
         except ProposalDropped:
-            if m.frm == self.raft.id:
-                raise
+            pass  # a forwarded proposal has no one to report to; its proposer retries
 
     def read_index(self, ctx: bytes) -> None:
         """Ask for a linearizable read point; the answer is a ReadState carrying ``ctx`` in a
