@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side put (and read) benchmark of conch vs etcd.
 
-Runs entirely on loopback. For each server (etcd first, then conch) it:
+Runs entirely on loopback. For each server (etcd, conch) it:
 
 1. starts a fresh single-member instance in a temporary data dir on free
    127.0.0.1 ports,
@@ -10,9 +10,11 @@ Runs entirely on loopback. For each server (etcd first, then conch) it:
    op count *and* a duration cap),
 4. stops the server by pid (SIGTERM, then SIGKILL) -- always, also on Ctrl-C.
 
-The servers run one after the other, never at the same time, so they do not
-compete for this machine's CPUs. Prints a markdown table and writes
-bench/results/latest.json.
+By default (--order interleaved) both servers are up and the runs alternate,
+etcd then conch, for every workload and repeat, so background load on a shared
+machine hits both alike; only one server is under load at any time. With
+--order sequential the second server is started only after the first has been
+stopped. Prints a markdown table and writes bench/results/latest.json.
 
     python bench/put_bench.py                 # etcd and conch
     python bench/put_bench.py --only etcd     # etcd alone (until conch runs)
@@ -338,7 +340,13 @@ def build_workloads(a: argparse.Namespace) -> list[Workload]:
     return w
 
 
-def run_workload(srv: Server, loadgen: Path, wl: Workload, a: argparse.Namespace) -> dict[str, Any]:
+def run_workload(
+    srv: Server,
+    loadgen: Path,
+    wl: Workload,
+    a: argparse.Namespace,
+    others: list[Server] | None = None,
+) -> dict[str, Any]:
     argv = [
         str(loadgen),
         "-endpoints", srv.endpoint,
@@ -354,11 +362,14 @@ def run_workload(srv: Server, loadgen: Path, wl: Workload, a: argparse.Namespace
     if wl.seq_keys:
         argv.append("-seq-keys")
     assert srv.proc is not None
+    idle = [o for o in (others or []) if o.proc is not None and o.alive()]
     cpu0 = proc_tree_cpu_s(srv.proc.pid)
+    idle0 = sum(proc_tree_cpu_s(o.proc.pid) for o in idle if o.proc)
     t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=a.duration + 60)
     wall = time.monotonic() - t0
     cpu1 = proc_tree_cpu_s(srv.proc.pid)
+    idle1 = sum(proc_tree_cpu_s(o.proc.pid) for o in idle if o.proc)
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(
@@ -369,6 +380,9 @@ def run_workload(srv: Server, loadgen: Path, wl: Workload, a: argparse.Namespace
     res["workload"] = wl.name
     res["server_cpu_s"] = round(cpu1 - cpu0, 3)
     res["server_cpu_pct"] = round((cpu1 - cpu0) / wall * 100, 1) if wall > 0 else None
+    if idle:
+        # CPU burnt meanwhile by the other (idle) server(s) under test.
+        res["idle_servers_cpu_pct"] = round((idle1 - idle0) / wall * 100, 1) if wall > 0 else None
     return res
 
 
@@ -382,14 +396,8 @@ def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return med
 
 
-def bench_server(
-    srv: Server,
-    loadgen: Path,
-    workloads: list[Workload],
-    a: argparse.Namespace,
-    info: dict[str, Any],
-) -> None:
-    """Fill `info` in place, so an interrupted run keeps what it measured."""
+def prepare_server(srv: Server, loadgen: Path, a: argparse.Namespace, info: dict[str, Any]) -> bool:
+    """Start srv, wait until it serves, warm it up. False (and srv stopped) on failure."""
     info.update({"argv": srv.argv, "endpoint": srv.endpoint, "workloads": {}})
     try:
         srv.start()
@@ -404,12 +412,47 @@ def bench_server(
             log(f"{srv.name} warm-up: {r['ops']} puts, {r['qps']:.0f} qps")
             if r["ops"] == 0:
                 log(f"WARNING: no warm-up put succeeded on {srv.name}: {r.get('first_error')}")
-        for wl in workloads:
-            runs = []
-            for i in range(a.repeat):
-                if not srv.alive():
-                    raise RuntimeError(f"{srv.name} died; log tail:\n{srv.log_tail()}")
-                r = run_workload(srv, loadgen, wl, a)
+        return True
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        info["error"] = str(e)
+        log(f"{srv.name}: ERROR: {e}")
+        srv.stop()
+        return False
+
+
+def bench_servers(
+    servers: list[Server],
+    loadgen: Path,
+    workloads: list[Workload],
+    a: argparse.Namespace,
+    infos: dict[str, dict[str, Any]],
+) -> None:
+    """Run every workload on every (prepared) server, filling infos in place.
+
+    With several servers the runs are interleaved: workload by workload,
+    repeat by repeat, one server after the other, so that background load on
+    the machine hits all of them alike and the ratios stay meaningful.
+    """
+    active = list(servers)
+    for wl in workloads:
+        runs: dict[str, list[dict[str, Any]]] = {s.name: [] for s in active}
+        finished: set[str] = set()
+        for i in range(a.repeat):
+            for srv in list(active):
+                if srv.name in finished:
+                    continue
+                others = [o for o in active if o is not srv]
+                try:
+                    if not srv.alive():
+                        raise RuntimeError(f"{srv.name} died; log tail:\n{srv.log_tail()}")
+                    r = run_workload(srv, loadgen, wl, a, others)
+                except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                    infos[srv.name]["error"] = str(e)
+                    log(f"{srv.name}: ERROR: {e}")
+                    srv.stop()
+                    active.remove(srv)
+                    finished.add(srv.name)
+                    continue
                 log(
                     f"{srv.name} {wl.name} [{i + 1}/{a.repeat}]: {r['qps']:.0f} qps, "
                     f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}, "
@@ -417,17 +460,14 @@ def bench_server(
                 )
                 if r["errors"]:
                     log(f"  first error: {r.get('first_error')}")
-                runs.append(r)
+                runs[srv.name].append(r)
                 if r["ops"] == 0:
                     # Nothing succeeded: repeating would only wait out the
                     # duration cap again.
-                    break
-            info["workloads"][wl.name] = median_result(runs)
-    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
-        info["error"] = str(e)
-        log(f"{srv.name}: ERROR: {e}")
-    finally:
-        srv.stop()
+                    finished.add(srv.name)
+        for name, rs in runs.items():
+            if rs:
+                infos[name]["workloads"][wl.name] = median_result(rs)
 
 
 # --------------------------------------------------------------------------
@@ -511,6 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--warmup-ops", type=int, default=1000, help="unrecorded puts before measuring (0 = none)"
+    )
+    ap.add_argument(
+        "--order",
+        choices=["interleaved", "sequential"],
+        default="interleaved",
+        help="interleaved (default): both servers up, runs alternate etcd/conch per workload "
+        "and repeat, so background load hits both alike; sequential: one server at a time, "
+        "the other not running",
     )
     ap.add_argument("--no-reads", action="store_true", help="skip the range workloads")
     ap.add_argument("--txn", action="store_true", help="also run a concurrent txn(put) workload")
@@ -599,7 +647,16 @@ def main(argv: list[str] | None = None) -> int:
                     srv = make_conch(a.conch_python, wd)
                 servers.append(srv)
                 results["servers"][name] = {}
-                bench_server(srv, loadgen, workloads, a, results["servers"][name])
+            infos = results["servers"]
+            if a.order == "sequential":
+                # One server at a time; the others are not even started.
+                for srv in servers:
+                    if prepare_server(srv, loadgen, a, infos[srv.name]):
+                        bench_servers([srv], loadgen, workloads, a, infos)
+                    srv.stop()
+            else:
+                ready = [s for s in servers if prepare_server(s, loadgen, a, infos[s.name])]
+                bench_servers(ready, loadgen, workloads, a, infos)
         except KeyboardInterrupt:
             interrupted = True
             log("interrupted; stopping servers")
