@@ -61,7 +61,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.PutResponse:
         m = self._m
         check_put(request)
-        m.check_space()
+        await m.check_space()
         irr = IRR()
         irr.put.CopyFrom(request)
         resp: rpc_pb2.PutResponse = await m.propose_wait(irr)
@@ -94,7 +94,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
                 await m.read_barrier()
             resp, _ = m.store.txn(None, request)
         else:
-            m.check_space()
+            await m.check_space()
             irr = IRR()
             irr.txn.CopyFrom(request)
             resp = await m.propose_wait(irr)

@@ -30,7 +30,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         m = self._m
         if request.TTL > MAX_LEASE_TTL:
             raise err(ErrLeaseTTLTooLarge)
-        m.check_space()
+        await m.check_space()
         irr = IRR()
         irr.lease_grant.CopyFrom(request)
         if irr.lease_grant.ID == 0:

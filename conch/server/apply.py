@@ -34,6 +34,7 @@ class Applied:
     results: list[tuple[int, Any]] = field(default_factory=list)  # (request id, response|error)
     events: list[tuple[int, list[kv_pb2.Event]]] = field(default_factory=list)
     alarms_changed: bool = False
+    size_in_use: int = 0  # backend bytes in use after the batch (for the quota check)
 
 
 class Applier:
@@ -84,6 +85,7 @@ class Applier:
             if last > ci:
                 self._backend.put_meta_u64(txn, META_CONSISTENT_INDEX, last)
         applied.last_index = last
+        applied.size_in_use = self._backend.size_in_use()
         return applied
 
     def _apply_one(

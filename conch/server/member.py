@@ -137,6 +137,9 @@ class Member:
         self._wal.save(
             raft_pb2.HardState(term=self.term, vote=self.member_id, commit=last_index), [], True
         )
+        # The store's revision as of the last applied batch, kept on the loop for headers.
+        self.revision = self.store.current_revision()
+        self._size_in_use = self.backend.size_in_use()
         self.hub = WatchHub(
             self.store,
             max_request_bytes=self.cfg.max_request_bytes,
@@ -215,12 +218,13 @@ class Member:
             raise res
         return res
 
-    def check_space(self) -> None:
-        """Writes fail with NOSPACE while the alarm is active (etcd's quota check)."""
+    async def check_space(self) -> None:
+        """Writes fail with NOSPACE while the alarm is active (etcd's quota check). Crossing
+        the quota raises the alarm first and waits for it to apply, as etcd does."""
         if any(alarm == rpc_pb2.NOSPACE for _, alarm in self.applier.alarms):
             raise err(ErrNoSpace)
-        if self.backend.size_in_use() > self.cfg.quota_bytes:
-            self.propose(
+        if self._size_in_use > self.cfg.quota_bytes:
+            await self.propose(
                 InternalRaftRequest(
                     alarm=rpc_pb2.AlarmRequest(
                         action=rpc_pb2.AlarmRequest.ACTIVATE,
@@ -300,6 +304,9 @@ class Member:
         self.metrics.proposals_applied += len(applied.results)
         for rev, events in applied.events:
             self.hub.notify(rev, events)
+        if applied.events:
+            self.revision = applied.events[-1][0]
+        self._size_in_use = applied.size_in_use
         if applied.last_index > self.applied_index:
             self.applied_index = applied.last_index
         if self._read_waiters:
@@ -342,7 +349,7 @@ class Member:
         return rpc_pb2.ResponseHeader(
             cluster_id=self.cluster_id,
             member_id=self.member_id,
-            revision=revision or self.store.current_revision(),
+            revision=revision or self.revision,
             raft_term=self.term,
         )
 
@@ -351,7 +358,7 @@ class Member:
         h.member_id = self.member_id
         h.raft_term = self.term
         if not h.revision:
-            h.revision = self.store.current_revision()
+            h.revision = self.revision
 
     def version(self) -> str:
         return ETCD_COMPAT_VERSION
@@ -364,6 +371,7 @@ class Member:
                 tmp = await asyncio.to_thread(self.backend.copy_compacted)
                 # On the loop: no read transaction can be open while the file is swapped.
                 self.backend.swap_in(tmp)
+                self._size_in_use = self.backend.size_in_use()
             finally:
                 self._apply_lock.release()
 
