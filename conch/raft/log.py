@@ -287,14 +287,4 @@ class RaftLog:
             return stored  # size limit reached inside storage
         if hi <= off:
             return stored
-        size = 0
-        for e in stored:
-            size += len(e.data)
-        rest = self.unstable.slice(off, hi)
-        out = list(stored)
-        for e in rest:
-            size += len(e.data)
-            if size > max_size:
-                break
-            out.append(e)
-        return out
+        return limit_size(stored + self.unstable.slice(off, hi), max_size)

@@ -38,6 +38,7 @@ from conch.raft.types import (
     SoftState,
     StateType,
     conf_change_from_entry,
+    payload_size,
 )
 
 M = MessageType
@@ -131,6 +132,9 @@ class Raft:
         self.pending_conf_index = 0
         self.uncommitted_size = 0
         self.pending_read_index_messages: list[Message] = []
+        # The MsgProp built by RawNode.propose* for this very call: its entries are not shared
+        # with anything else, so the leader may stamp them in place instead of copying.
+        self.fresh_proposal: Message | None = None
         self.msgs: list[Message] = []
         self.read_states: list[ReadState] = []
         self.election_elapsed = 0
@@ -208,9 +212,7 @@ class Raft:
             return False
         if not ents and not send_if_empty:
             return False
-        size = 0
-        for e in ents:
-            size += len(e.data)
+        size = payload_size(ents)
         self.send(Message(APP, to=to, index=prev_index, log_term=prev_term, entries=ents,
                           commit=log.committed))
         pr.sent_entries(len(ents), size)
@@ -288,24 +290,28 @@ class Raft:
                 and self.state == LEADER):
             # Leave the joint configuration on our own once it is in effect.
             ent = Entry(type=ENTRY_CC2, data=ConfChangeV2().marshal())
-            if not self.append_entries([ent]):
+            if not self.append_entries([ent], fresh=True):
                 raise AssertionError("refused to append the leave-joint entry")
             self.pending_conf_index = self.raft_log.last_index()
             self.bcast_append()
 
-    def append_entries(self, es: list[Entry]) -> bool:
+    def append_entries(self, es: list[Entry], fresh: bool = False) -> bool:
         """Leader: stamp entries with our term and the next indices, append, self-acknowledge.
-        Returns False if the uncommitted-size limit refuses them."""
+        ``fresh`` entries were created for this call and are stamped in place; others may be
+        shared with a (duplicated) message and are copied. Returns False if the
+        uncommitted-size limit refuses them."""
         log = self.raft_log
         li = log.last_index()
-        size = 0
-        for e in es:
-            size += len(e.data)
+        size = payload_size(es)
         if not self.increase_uncommitted_size(size):
             return False
         term = self.term
-        # Fresh objects: the proposal's entries may be shared with a (duplicated) message.
-        es = [Entry(term, li + k, e.type, e.data) for k, e in enumerate(es, 1)]
+        if fresh:
+            for k, e in enumerate(es, 1):
+                e.term = term
+                e.index = li + k
+        else:
+            es = [Entry(term, li + k, e.type, e.data) for k, e in enumerate(es, 1)]
         li = log.append(es)
         # Our own acknowledgement is counted immediately. This is safe because the Ready
         # contract forbids sending any message (or applying any entry) before this Ready's
@@ -433,7 +439,7 @@ class Raft:
         self.pending_conf_index = self.raft_log.last_index()
         # An empty entry of our term: committing it commits everything before it (§5.4.2) and
         # tells us our commit index is current, which reads need.
-        if not self.append_entries([Entry()]):
+        if not self.append_entries([Entry()], fresh=True):
             raise AssertionError("empty entry was dropped")
         # The empty entry does not count toward the uncommitted size limit.
         self.uncommitted_size = 0
@@ -652,7 +658,8 @@ class Raft:
                 ents[k] = Entry(type=ENTRY_NORMAL)
             else:
                 self.pending_conf_index = self.raft_log.last_index() + k + 1
-        if not self.append_entries(ents):
+        fresh = self.fresh_proposal is m and ents is m.entries
+        if not self.append_entries(ents, fresh=fresh):
             raise ProposalDropped("too many uncommitted entries")
         self.bcast_append()
 

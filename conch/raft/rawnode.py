@@ -26,6 +26,7 @@ from conch.raft.types import (
     Snapshot,
     SoftState,
     StateType,
+    payload_size,
 )
 
 
@@ -93,15 +94,23 @@ class RawNode:
         """Propose one entry. Raises ProposalDropped if it cannot be accepted right now; an
         accepted proposal may still be lost (leader change) and must be retried by the caller
         when it is not seen committed within its deadline."""
-        self.raft.step(Message(MessageType.MsgProp, frm=self.raft.id,
-                               entries=[Entry(data=data)]))
+        self._propose(Message(MessageType.MsgProp, frm=self.raft.id,
+                              entries=[Entry(data=data)]))
 
     def propose_batch(self, datas: Sequence[bytes]) -> None:
         """Propose several entries in one message (one append, one broadcast)."""
         if not datas:
             return
-        ents = [Entry(data=d) for d in datas]
-        self.raft.step(Message(MessageType.MsgProp, frm=self.raft.id, entries=ents))
+        ents = [Entry(0, 0, 0, d) for d in datas]
+        self._propose(Message(MessageType.MsgProp, frm=self.raft.id, entries=ents))
+
+    def _propose(self, m: Message) -> None:
+        r = self.raft
+        r.fresh_proposal = m
+        try:
+            r.step(m)
+        finally:
+            r.fresh_proposal = None
 
     def propose_conf_change(self, cc: AnyConfChange) -> None:
         """Propose a membership change. It takes effect only when the application applies the
@@ -109,8 +118,8 @@ class RawNode:
         replaces a second one by an empty entry (which then commits as a no-op)."""
         etype = (EntryType.EntryConfChange if isinstance(cc, ConfChange)
                  else EntryType.EntryConfChangeV2)
-        self.raft.step(Message(MessageType.MsgProp, frm=self.raft.id,
-                               entries=[Entry(type=etype, data=cc.marshal())]))
+        self._propose(Message(MessageType.MsgProp, frm=self.raft.id,
+                              entries=[Entry(type=etype, data=cc.marshal())]))
 
     def apply_conf_change(self, cc: AnyConfChange) -> ConfState:
         """Make a committed conf change take effect; call it when applying its entry."""
@@ -198,8 +207,7 @@ class RawNode:
         applied = size = 0
         if rd.committed_entries:
             applied = rd.committed_entries[-1].index
-            for e in rd.committed_entries:
-                size += len(e.data)
+            size = payload_size(rd.committed_entries)
             log.accept_applying(applied)
         self._pending = (last_index, last_term, snap_index, applied, size)
         return rd

@@ -8,10 +8,15 @@ entry at position 0 holds the index and term of the last snapshot, so ``first_in
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from itertools import accumulate
+from operator import attrgetter
 from typing import Protocol
 
 from conch.raft.errors import Compacted, SnapOutOfDate, Unavailable
 from conch.raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMetadata
+
+_DATA = attrgetter("data")
 
 
 class Storage(Protocol):
@@ -139,9 +144,9 @@ def limit_size(entries: list[Entry], max_size: int) -> list[Entry]:
     """The longest prefix whose payload fits ``max_size``, but never less than one entry."""
     if len(entries) <= 1:
         return entries
-    size = len(entries[0].data)
-    for k in range(1, len(entries)):
-        size += len(entries[k].data)
-        if size > max_size:
-            return entries[:k]
-    return entries
+    # C-level loops: running payload sizes, then the cut point by binary search.
+    sizes = list(accumulate(map(len, map(_DATA, entries))))
+    if sizes[-1] <= max_size:
+        return entries
+    k = max(1, bisect_right(sizes, max_size))
+    return entries[:k]

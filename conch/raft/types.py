@@ -13,6 +13,7 @@ returned from it (entries are shared between the log, storage and messages).
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Iterable, Sequence
 
 NONE = 0
@@ -128,12 +129,12 @@ class Entry:
         return f"Entry({self.term}/{self.index}{kind} {self.data!r})"
 
 
+_DATA = operator.attrgetter("data")
+
+
 def payload_size(entries: Iterable[Entry]) -> int:
     """Bytes of entry payloads: what the size limits (max_size_per_msg, ...) count."""
-    total = 0
-    for e in entries:
-        total += len(e.data)
-    return total
+    return sum(map(len, map(_DATA, entries)))
 
 
 class ConfState:
