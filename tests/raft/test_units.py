@@ -498,3 +498,14 @@ def test_election_uses_injected_rng_only() -> None:
 
     assert timeouts(5) == timeouts(5)
     assert timeouts(5) != timeouts(6)
+
+
+def test_lease_based_reads_require_check_quorum() -> None:
+    from conch.raft import ReadOnlyOption
+
+    st = MemoryStorage(conf_state=ConfState(voters=[1]))
+    with pytest.raises(ValueError, match="CheckQuorum"):
+        Raft(Config(id=1, storage=st, check_quorum=False,
+                    read_only_option=ReadOnlyOption.LeaseBased))
+    with pytest.raises(ValueError):
+        Raft(Config(id=1, storage=st, election_tick=1, heartbeat_tick=1))
