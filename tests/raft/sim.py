@@ -22,6 +22,12 @@ Checked after every Ready (and on every leadership change):
   snapshots carry a digest equal to the global prefix they claim;
 - linearizable reads: a read index is >= every commit index known when the read was issued.
 
+Membership changes are proposed at the leader after validating them against its configuration
+(as a server does). Two liveness hazards of apply-time membership, shared with etcd, are avoided
+by the workload rather than "fixed": removals/demotions only with PreVote on, and never below two
+voters (see ``conf_change``). Reads are safe-mode only (lease reads trade safety for clock
+assumptions the simulator does not model).
+
 Replay a seed: ``python -m tests.raft.sim --seed N [--bug NAME] [--trace]``.
 """
 
