@@ -62,10 +62,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         m = self._m
         check_put(request)
         await m.check_space()
-        irr = IRR()
-        irr.put.CopyFrom(request)
-        resp: rpc_pb2.PutResponse = await m.propose_wait(irr)
-        m.fill_header(resp.header)
+        resp: rpc_pb2.PutResponse = await m.propose_request("put", request)
         m.metrics.put_total += 1
         return resp
 
@@ -75,10 +72,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.DeleteRangeResponse:
         m = self._m
         check_delete_range(request)
-        irr = IRR()
-        irr.delete_range.CopyFrom(request)
-        resp: rpc_pb2.DeleteRangeResponse = await m.propose_wait(irr)
-        m.fill_header(resp.header)
+        resp: rpc_pb2.DeleteRangeResponse = await m.propose_request("delete_range", request)
         m.metrics.delete_total += 1
         return resp
 
@@ -93,21 +87,15 @@ class KVService(rpc_pb2_grpc.KVServicer):
             if not txn_is_serializable(request):
                 await m.read_barrier()
             resp, _ = m.store.txn(None, request)
-        else:
-            await m.check_space()
-            irr = IRR()
-            irr.txn.CopyFrom(request)
-            resp = await m.propose_wait(irr)
-        m.fill_header(resp.header)
-        return resp
+            m.fill_header(resp.header)
+            return resp
+        await m.check_space()
+        txn_resp: rpc_pb2.TxnResponse = await m.propose_request("txn", request)
+        return txn_resp
 
     @unary
     async def Compact(
         self, request: rpc_pb2.CompactionRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.CompactionResponse:
-        m = self._m
-        irr = IRR()
-        irr.compaction.CopyFrom(request)
-        resp: rpc_pb2.CompactionResponse = await m.propose_wait(irr)
-        m.fill_header(resp.header)
+        resp: rpc_pb2.CompactionResponse = await self._m.propose_request("compaction", request)
         return resp

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from conch.api.errors import unary
-from conch.errors import EtcdError, ErrLeaseTTLTooLarge, err
+from conch.errors import ErrLeaseTTLTooLarge, EtcdError, err
 from conch.lease import MAX_LEASE_TTL
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2, rpc_pb2_grpc
 
@@ -31,24 +31,17 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         if request.TTL > MAX_LEASE_TTL:
             raise err(ErrLeaseTTLTooLarge)
         await m.check_space()
-        irr = IRR()
-        irr.lease_grant.CopyFrom(request)
-        if irr.lease_grant.ID == 0:
+        if request.ID == 0:
             # The ID is fixed before the proposal so that every member applies the same one.
-            irr.lease_grant.ID = m.ids.next_lease_id()
-        resp: rpc_pb2.LeaseGrantResponse = await m.propose_wait(irr)
-        m.fill_header(resp.header)
+            request.ID = m.ids.next_lease_id()
+        resp: rpc_pb2.LeaseGrantResponse = await m.propose_request("lease_grant", request)
         return resp
 
     @unary
     async def LeaseRevoke(
         self, request: rpc_pb2.LeaseRevokeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseRevokeResponse:
-        m = self._m
-        irr = IRR()
-        irr.lease_revoke.CopyFrom(request)
-        resp: rpc_pb2.LeaseRevokeResponse = await m.propose_wait(irr)
-        m.fill_header(resp.header)
+        resp: rpc_pb2.LeaseRevokeResponse = await self._m.propose_request("lease_revoke", request)
         return resp
 
     async def LeaseKeepAlive(

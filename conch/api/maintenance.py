@@ -93,12 +93,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                     if request.alarm in (rpc_pb2.NONE, a)
                 ]
             )
-        else:
-            irr = IRR()
-            irr.alarm.CopyFrom(request)
-            resp = await m.propose_wait(irr)
-        m.fill_header(resp.header)
-        return resp
+            m.fill_header(resp.header)
+            return resp
+        proposed: rpc_pb2.AlarmResponse = await m.propose_request("alarm", request)
+        return proposed
 
     @unary
     async def Defragment(

@@ -77,7 +77,8 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     await server.start()
 
     http_servers: list[asyncio.Server] = []
-    for urls, metrics_only in ((cfg.listen_client_http_urls, False), (cfg.listen_metrics_urls, True)):
+    listeners = ((cfg.listen_client_http_urls, False), (cfg.listen_metrics_urls, True))
+    for urls, metrics_only in listeners:
         endpoints = HTTPEndpoints(member, metrics_only=metrics_only)
         for url in urls:
             host, port = _host_port(url)

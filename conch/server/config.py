@@ -275,7 +275,9 @@ def _usage() -> str:
         lines.append(f"  --{f.name} '{f.default}'")
         lines.append(f"    {f.help}")
     lines.append("  --config-file ''")
-    lines.append("    Path to the server configuration file (YAML); other flags and env are ignored.")
+    lines.append(
+        "    Path to the server configuration file (YAML); other flags and env are ignored."
+    )
     return "\n".join(lines)
 
 

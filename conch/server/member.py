@@ -23,11 +23,11 @@ from typing import Any
 from conch import ETCD_COMPAT_VERSION
 from conch.backend import Backend
 from conch.errors import (
-    EtcdError,
     ErrNoSpace,
     ErrRequestTooLarge,
     ErrStopped,
     ErrTimeoutWaitAppliedIndex,
+    EtcdError,
     err,
 )
 from conch.lease import Lessor
@@ -217,6 +217,15 @@ class Member:
         if isinstance(res, EtcdError):
             raise res
         return res
+
+    async def propose_request(self, field: str, request: Any) -> Any:
+        """Propose a client request as `InternalRaftRequest.<field>`; its response with the
+        header filled in (or the EtcdError it produced, raised)."""
+        irr = InternalRaftRequest()
+        getattr(irr, field).CopyFrom(request)
+        resp = await self.propose_wait(irr)
+        self.fill_header(resp.header)
+        return resp
 
     async def check_space(self) -> None:
         """Writes fail with NOSPACE while the alarm is active (etcd's quota check). Crossing

@@ -11,26 +11,16 @@ import os
 import random
 import signal
 import threading
-import time
 
 import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
 from tests.grpc_stubs import connect
+from tests.polling import poll
 
 ROUNDS = int(os.environ.get("CONCH_CRASH_ROUNDS", "4"))
 WRITERS = 8
-
-
-def _poll(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class _Writers:
@@ -92,7 +82,7 @@ def test_acknowledged_puts_survive_sigkill(server_factory):
     for round_no in range(ROUNDS):
         writers = _Writers(srv.endpoint, round_no)
         target = rng.randint(50, 600)
-        _poll(lambda w=writers, t=target: w.count() >= t, 60, f"{target} acknowledged puts")
+        poll(lambda w=writers, t=target: w.count() >= t, 60, f"{target} acknowledged puts")
         srv.kill(signal.SIGKILL)
         writers.stop()
         all_acked.update(writers.acked)

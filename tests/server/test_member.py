@@ -12,16 +12,7 @@ import urllib.request
 from conch.proto.etcdserverpb import rpc_pb2
 from tests.grpc_stubs import connect
 from tests.harness import free_port
-
-
-def _poll(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from tests.polling import poll
 
 
 def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server):
@@ -32,7 +23,7 @@ def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server):
             s.kv.Put(rpc_pb2.PutRequest(key=k, value=b"v", lease=grant.ID), timeout=10)
         rev_before = s.kv.Range(rpc_pb2.RangeRequest(key=b"l/a"), timeout=10).header.revision
         started = time.monotonic()
-        _poll(
+        poll(
             lambda: s.kv.Range(rpc_pb2.RangeRequest(key=b"l/", range_end=b"l0"), timeout=10).count
             == 0,
             10,
