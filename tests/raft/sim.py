@@ -114,7 +114,7 @@ class Params:
             p_drop=r.choice([0.0, 0.02, 0.1, 0.25]),
             p_dup=r.choice([0.0, 0.02, 0.1]),
             max_delay=r.choice([0, 1, 2, 5]),
-            chaos_rounds=r.randint(40, 110),
+            chaos_rounds=r.randint(50, 160),
             p_partition=r.choice([0.0, 0.03, 0.08]),
             p_crash=r.choice([0.0, 0.01, 0.04]),
             p_propose=r.choice([0.1, 0.3, 0.6]),
