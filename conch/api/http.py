@@ -98,6 +98,8 @@ class HTTPEndpoints:
             if name not in excluded:
                 reason = f"ALARM {name}"
                 break
+        if not reason and not self._m.lead:
+            reason = "RAFT NO LEADER"
         if not reason:
             serializable = query.get("serializable", ["false"])[0] == "true"
             try:
@@ -169,7 +171,7 @@ class HTTPEndpoints:
             out.append(f"# HELP {name} {help_}")
             out.append(f"# TYPE {name} histogram")
             acc = 0
-            for bound, n in zip(c._BUCKETS, buckets, strict=False):
+            for bound, n in zip(c.BUCKETS, buckets, strict=False):
                 acc += n
                 out.append(f'{name}_bucket{{le="{bound}"}} {acc}')
             acc += buckets[-1]
@@ -177,10 +179,14 @@ class HTTPEndpoints:
             out.append(f"{name}_sum {total}")
             out.append(f"{name}_count {acc}")
 
-        gauge("etcd_server_has_leader", 1, "Whether or not a leader exists. 1 is existence.")
-        gauge("etcd_server_is_leader", 1, "Whether or not this member is a leader.")
         gauge(
-            "etcd_server_leader_changes_seen_total", 1, "The number of leader changes seen.",
+            "etcd_server_has_leader", int(m.lead != 0),
+            "Whether or not a leader exists. 1 is existence.",
+        )
+        gauge("etcd_server_is_leader", int(m.is_leader), "Whether or not this member is a leader.")
+        gauge(
+            "etcd_server_leader_changes_seen_total", m.leader_changes,
+            "The number of leader changes seen.",
             "counter",
         )
         gauge(
@@ -192,7 +198,7 @@ class HTTPEndpoints:
             "The total number of consensus proposals applied.", "counter",
         )
         gauge(
-            "etcd_server_proposals_pending", len(m._waiters),
+            "etcd_server_proposals_pending", m.metrics.proposals_pending,
             "The current number of pending proposals to commit.",
         )
         gauge(

@@ -41,7 +41,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             header=m.header(),
             version=m.version(),
             dbSize=m.backend.size(),
-            leader=m.member_id,
+            leader=m.lead,
             raftIndex=m.committed_index,
             raftTerm=m.term,
             raftAppliedIndex=m.applied_index,

@@ -54,7 +54,24 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
 
     member = Member(cfg)
     await asyncio.to_thread(member.open)
-    await member.start()
+    transport = None
+    if cfg.listen_peer_urls_set or len(member.membership.members) > 1:
+        from conch.transport import Transport
+
+        for url in cfg.listen_peer_urls:
+            if urlsplit(url).scheme != "http":
+                raise ConfigError(f"only http:// peer URLs are supported yet: {url}")
+        transport = Transport(
+            member_id=member.member_id,
+            cluster_id=member.cluster_id,
+            listen_urls=cfg.listen_peer_urls,
+            snap_dir=os.path.join(cfg.member_dir, "snap"),
+            on_message=member.step,
+            on_snapshot=_no_snapshots,
+            on_unreachable=member.report_unreachable,
+        )
+        await transport.start()
+    await member.start(transport)
 
     server = grpc.aio.server(
         options=[
@@ -111,6 +128,12 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     await server.stop(grace=1.0)
     await member.stop()
     return got[0] if got else 0
+
+
+async def _no_snapshots(header: object, path: str) -> None:
+    # Raft log compaction (and so snapshot transfer) is not implemented yet: the log is kept
+    # whole, so no member ever needs a snapshot.
+    os.unlink(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from conch.lease import Lessor
 from conch.mvcc import KVStore
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
 from conch.proto.mvccpb import kv_pb2
+from conch.raft.types import ConfChange, ConfChangeType
+from conch.server.membership import MemberInfo, Membership
 
 InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
 
@@ -38,10 +40,13 @@ class Applied:
 
 
 class Applier:
-    def __init__(self, backend: Backend, store: KVStore, lessor: Lessor) -> None:
+    def __init__(
+        self, backend: Backend, store: KVStore, lessor: Lessor, membership: Membership
+    ) -> None:
         self._backend = backend
         self._store = store
         self._lessor = lessor
+        self.membership = membership
         self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
         self._load_alarms()
 
@@ -121,9 +126,38 @@ class Applier:
             return resp, events, rev
         if req.HasField("alarm"):
             return self._apply_alarm(txn, req.alarm, applied), [], 0
+        if req.HasField("cluster_member_attr_set"):
+            a = req.cluster_member_attr_set
+            self.membership.set_attributes(
+                txn, a.member_ID, a.member_attributes.name, list(a.member_attributes.client_urls)
+            )
+            return raft_internal_pb2.EmptyResponse(), [], 0
         # Requests conch does not produce yet (auth, membership attributes) are no-ops with
         # an empty response, so a log written by a newer member still replays.
         return raft_internal_pb2.EmptyResponse(), [], 0
+
+    def apply_conf_change(self, index: int, cc: ConfChange) -> bool:
+        """Record a membership change (etcd's member JSON in the ConfChange context) in the
+        same transaction as the consistent index. False if it was applied before."""
+        with self._backend.write() as txn:
+            ci = self._backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
+            if index <= ci:
+                return False
+            t = cc.type
+            if t in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
+                m = MemberInfo.from_json(cc.context) if cc.context else MemberInfo(cc.node_id, [])
+                m.is_learner = t == ConfChangeType.ConfChangeAddLearnerNode
+                if m.id in self.membership.members and not m.is_learner:
+                    self.membership.promote(txn, m.id)
+                else:
+                    self.membership.add(txn, m)
+            elif t == ConfChangeType.ConfChangeRemoveNode:
+                self.membership.remove(txn, cc.node_id)
+            elif t == ConfChangeType.ConfChangeUpdateNode and cc.context:
+                m = MemberInfo.from_json(cc.context)
+                self.membership.update_peer_urls(txn, m.id, m.peer_urls)
+            self._backend.put_meta_u64(txn, META_CONSISTENT_INDEX, index)
+        return True
 
     def _apply_alarm(self, txn: Any, req: rpc_pb2.AlarmRequest, applied: Applied) -> Any:
         db = self._backend.db(ALARM_BUCKET)

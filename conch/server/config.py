@@ -201,6 +201,8 @@ class Config:
     log_level: str = "info"
     watch_progress_notify_interval_s: float = 600.0
     unsafe_no_fsync: bool = False
+    # Whether --listen-peer-urls was given: a lone member only listens for peers if asked.
+    listen_peer_urls_set: bool = False
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     # --- derived values ---------------------------------------------------------------
@@ -414,6 +416,7 @@ def _build(values: dict[str, str]) -> Config:
     kw["enable_grpc_gateway"] = as_bool("enable-grpc-gateway")
     kw["log_level"] = get("log-level")
     kw["unsafe_no_fsync"] = as_bool("unsafe-no-fsync")
+    kw["listen_peer_urls_set"] = "listen-peer-urls" in values
     try:
         kw["watch_progress_notify_interval_s"] = _parse_duration_s(
             get("experimental-watch-progress-notify-interval")

@@ -1,31 +1,39 @@
-"""One conch member: WAL writer thread -> apply thread -> event loop.
+"""One conch member: raft node + WAL + transport + applier, driven by one event loop.
 
-A write travels: servicer -> `propose()` (on the loop) -> pending list -> WAL writer thread
-(assigns raft indexes, one write + one fsync for everything pending: group commit) -> apply
-thread (one LMDB write transaction per batch, consistent index in the same transaction) ->
-`_on_applied` on the loop (resolves the waiting futures, feeds the watch hub).
+A write travels: servicer -> `propose()` (on the loop) -> pending proposals -> the raft loop
+proposes everything pending as one batch -> `Ready`: entries and hard state go to the WAL on
+the disk thread (one write + one fsync for the whole Ready: group commit), then messages go to
+the peers, then committed entries are applied (one LMDB transaction per batch, consistent index
+in the same transaction) and the waiting futures resolve. A single member is a one-voter raft
+cluster and takes the same path.
 
-The loop never waits on a disk: fsync and LMDB commits happen on the two threads, which drop
-the GIL while the disk works. The single member is its own leader; the raft core plugs in
-between `propose()` and the WAL writer when the cluster lands, and the apply side stays.
+The loop never waits on a disk: WAL writes and fsyncs run on a dedicated thread, which drops
+the GIL while the disk works; while it does, new proposals accumulate for the next batch.
+
+Linearizable reads ask raft for a read index (one round for every read waiting at that moment,
+etcd's batching), wait until the applied index reaches it, then read the local store.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import logging
 import os
-import queue
-import threading
+import struct
 import time
 from typing import Any
 
 from conch import ETCD_COMPAT_VERSION
 from conch.backend import Backend
 from conch.errors import (
+    ErrNoLeader,
     ErrNoSpace,
     ErrRequestTooLarge,
     ErrStopped,
+    ErrTimeout,
+    ErrTimeoutDueToLeaderFail,
     ErrTimeoutWaitAppliedIndex,
     EtcdError,
     err,
@@ -34,10 +42,24 @@ from conch.lease import Lessor
 from conch.mvcc import KVStore
 from conch.mvcc.watch import WatchHub
 from conch.proto.etcdserverpb import etcdserver_pb2, raft_internal_pb2, rpc_pb2
+from conch.proto.membershippb import membership_pb2
 from conch.proto.raftpb import raft_pb2
+from conch.raft import Config as RaftConfig
+from conch.raft import MemoryStorage, ProposalDropped, RawNode, Ready
+from conch.raft.codec import entry_from_pb, entry_to_pb, hard_state_from_pb, hard_state_to_pb
+from conch.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    StateType,
+    conf_change_from_entry,
+)
 from conch.server.apply import Applied, Applier
-from conch.server.config import Config
+from conch.server.config import Config, compute_member_id
 from conch.server.idgen import IdGenerator
+from conch.server.membership import MemberInfo, Membership
 from conch.wal import WAL, CorruptWALError, UnexpectedEOFError, repair
 from conch.wal import exists as wal_exists
 
@@ -45,14 +67,13 @@ log = logging.getLogger("conch.member")
 
 InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
 
-# How long a linearizable read may wait for the apply side before failing like etcd does.
-_READ_TIMEOUT_S = 5.0
 # Lease expiry is checked this often; etcd's lessor checks every 500ms.
 _LEASE_CHECK_INTERVAL_S = 0.5
 # At most this many lease revocations are proposed per second (etcd: 1000/s).
 _LEASE_REVOKE_RATE = 1000
-# Replay at start applies the WAL tail in chunks of this many entries.
-_REPLAY_CHUNK = 1024
+# An unanswered read index request is sent again after this long (etcd: 500ms).
+_READ_INDEX_RETRY_S = 0.5
+_CTX = struct.Struct(">Q")
 
 
 class StartupError(Exception):
@@ -64,28 +85,37 @@ class Member:
         self.cfg = cfg
         self.member_id = cfg.member_id()
         self.cluster_id = cfg.cluster_id()
-        self.term = 0
-        self.committed_index = 0  # written by the WAL thread, read anywhere (atomic int)
-        self.applied_index = 0  # owned by the loop
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
         self.backend: Backend
         self.store: KVStore
         self.lessor: Lessor
         self.applier: Applier
+        self.membership: Membership
         self.hub: WatchHub
+        self.node: RawNode
+        self.transport: Any = None
+        self._storage: MemoryStorage
         self._wal: WAL
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="wal")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: list[InternalRaftRequest] = []
-        self._cv = threading.Condition()
-        self._apply_q: queue.SimpleQueue[list[tuple[int, InternalRaftRequest]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._wake = asyncio.Event()
+        self._proposals: list[tuple[int, bytes]] = []
         self._waiters: dict[int, asyncio.Future[Any]] = {}
-        self._read_waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._threads: list[threading.Thread] = []
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self._req_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000.0
+        # Linearizable reads: waiting for a read index round, in flight, waiting to apply.
+        self._reads_pending: list[asyncio.Future[None]] = []
+        self._read_ctx = 0
+        self._read_inflight: tuple[bytes, float, list[asyncio.Future[None]]] | None = None
+        self._read_apply_waiters: list[tuple[int, list[asyncio.Future[None]]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._lease_task: asyncio.Task[None] | None = None
-        self._apply_lock = threading.Lock()
+        self.applied_index = 0
+        self.revision = 0
+        self._size_in_use = 0
+        self.lead = 0
+        self.raft_state = StateType.Follower
+        self.leader_changes = 0
         # Held by maintenance work that reads the backend off the loop (hash, snapshot) and
         # by defragment, which closes and reopens the environment.
         self.maintenance_lock = asyncio.Lock()
@@ -94,50 +124,60 @@ class Member:
 
     # --- start-up --------------------------------------------------------------------
     def open(self) -> None:
-        """Open storage and replay the WAL tail into the store (synchronous, before serving)."""
+        """Open storage: backend, WAL (created with the bootstrap membership if new), raft."""
         os.makedirs(self.cfg.member_dir, exist_ok=True)
         self.backend = Backend(self.cfg.backend_path)
         self.store = KVStore(self.backend)
         self.lessor = Lessor(self.backend, self.store, min_ttl=self.cfg.min_lease_ttl)
-        self.applier = Applier(self.backend, self.store, self.lessor)
+        self.membership = Membership(self.backend)
+        self.applier = Applier(self.backend, self.store, self.lessor, self.membership)
+        self._storage = MemoryStorage()
         wal_dir = self.cfg.wal_path
-        meta = etcdserver_pb2.Metadata(NodeID=self.member_id, ClusterID=self.cluster_id)
         if not wal_exists(wal_dir):
-            self._wal = WAL.create(wal_dir, meta.SerializeToString())
-            hard = raft_pb2.HardState()
-            entries: list[raft_pb2.Entry] = []
+            if self.cfg.initial_cluster_state != "new":
+                raise StartupError(
+                    "joining an existing cluster (--initial-cluster-state existing) is not "
+                    "supported yet"
+                )
+            self._wal = self._bootstrap(wal_dir)
         else:
-            self._wal, raw_meta, hard, entries = self._open_wal(wal_dir)
+            self._wal, raw_meta, hard_pb, entries_pb = self._open_wal(wal_dir)
             got = etcdserver_pb2.Metadata.FromString(raw_meta)
             if got.ClusterID != self.cluster_id or got.NodeID != self.member_id:
                 raise StartupError(
                     f"data dir {self.cfg.data_dir} belongs to member {got.NodeID:x} of cluster "
                     f"{got.ClusterID:x}, not member {self.member_id:x} of cluster "
-                    f"{self.cluster_id:x} (check --name, --initial-cluster and "
-                    "--initial-cluster-token)"
+                    f"{self.cluster_id:x} (check --name, --initial-advertise-peer-urls, "
+                    "--initial-cluster and --initial-cluster-token)"
                 )
+            entries = [entry_from_pb(e) for e in entries_pb]
+            self._storage.append(entries)
+            self._storage.set_hard_state(hard_state_from_pb(hard_pb))
         ci = self.backend.consistent_index()
-        last_index = entries[-1].Index if entries else hard.commit
-        if ci > last_index:
+        last = self._storage.last_index()
+        if ci > last:
             raise StartupError(
-                f"backend consistent index {ci} is ahead of the WAL's last index {last_index}: "
+                f"backend consistent index {ci} is ahead of the WAL's last index {last}: "
                 "the WAL lost entries the store had applied; refusing to start"
             )
-        tail = [e for e in entries if e.Index > ci]
-        for i in range(0, len(tail), _REPLAY_CHUNK):
-            chunk = [(e.Index, e.Data) for e in tail[i : i + _REPLAY_CHUNK]]
-            self.applier.apply_batch(chunk)
-        if tail:
-            log.info("replayed %d WAL entries (%d..%d)", len(tail), tail[0].Index, last_index)
-        # A restart is a new election for the single member: the term never goes backwards.
-        self.term = max(hard.term, 1) + 1
-        self.committed_index = last_index
-        self.applied_index = last_index
-        self._last_index = last_index
-        self._wal.save(
-            raft_pb2.HardState(term=self.term, vote=self.member_id, commit=last_index), [], True
+        # Raft re-emits every committed entry after the last snapshot (none yet, so from the
+        # start): the applier skips store changes at or below the consistent index, while
+        # membership changes are applied to raft again, which is how it learns the
+        # configuration back (etcd does the same).
+        election_ticks = self.cfg.election_timeout_ms // self.cfg.heartbeat_interval_ms
+        self.node = RawNode(
+            RaftConfig(
+                id=self.member_id,
+                storage=self._storage,
+                election_tick=max(2, election_ticks),
+                heartbeat_tick=1,
+                pre_vote=True,
+                check_quorum=True,
+                max_size_per_msg=1 << 20,
+                max_inflight_msgs=512,
+            )
         )
-        # The store's revision as of the last applied batch, kept on the loop for headers.
+        self.applied_index = ci
         self.revision = self.store.current_revision()
         self._size_in_use = self.backend.size_in_use()
         self.hub = WatchHub(
@@ -145,6 +185,30 @@ class Member:
             max_request_bytes=self.cfg.max_request_bytes,
             progress_interval=self.cfg.watch_progress_notify_interval_s,
         )
+
+    def _bootstrap(self, wal_dir: str) -> WAL:
+        """A new cluster: the WAL starts with one ConfChangeAddNode per initial member at
+        term 1, committed, as etcd's raft bootstrap does; every member writes the same."""
+        meta = etcdserver_pb2.Metadata(NodeID=self.member_id, ClusterID=self.cluster_id)
+        wal = WAL.create(wal_dir, meta.SerializeToString())
+        members = sorted(
+            (compute_member_id(urls, self.cfg.initial_cluster_token), urls)
+            for urls in self.cfg.initial_cluster_map().values()
+        )
+        entries = []
+        for i, (mid, urls) in enumerate(members, start=1):
+            cc = ConfChange(
+                ConfChangeType.ConfChangeAddNode,
+                mid,
+                MemberInfo(mid, list(urls)).to_json(),
+                id=0,
+            )
+            entries.append(Entry(1, i, EntryType.EntryConfChange, cc.marshal()))
+        hard = raft_pb2.HardState(term=1, vote=0, commit=len(entries))
+        wal.save(hard, [entry_to_pb(e) for e in entries], True)
+        self._storage.append(entries)
+        self._storage.set_hard_state(hard_state_from_pb(hard))
+        return wal
 
     def _open_wal(
         self, wal_dir: str
@@ -166,50 +230,239 @@ class Member:
                 ) from exc
         raise AssertionError("unreachable")
 
-    async def start(self) -> None:
+    async def start(self, transport: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self.transport = transport
         self.hub.start()
-        for target, name in ((self._wal_loop, "wal-writer"), (self._apply_loop, "applier")):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self._threads.append(t)
-        self.lessor.promote(time.monotonic())
-        self._lease_task = asyncio.create_task(self._lease_expiry_loop())
+        # Apply what is committed in the WAL before serving, so reads see it at once.
+        self._drain_ready()
+        voters = self.membership.voters()
+        if voters == [self.member_id]:
+            self.node.campaign()  # a lone voter need not wait an election timeout
+        else:
+            # etcd's initial election tick advance: fewer ticks until the first election.
+            for _ in range(max(0, self.node.raft.election_timeout - 2)):
+                self.node.tick()
+        if transport is not None:
+            for m in self.membership.sorted():
+                if m.id != self.member_id:
+                    transport.add_peer(m.id, m.peer_urls)
+        self._tasks = [
+            asyncio.create_task(self._raft_loop(), name="raft"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+            asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
+            asyncio.create_task(self._publish_attributes(), name="publish"),
+        ]
 
     async def stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
-        if self._lease_task:
-            self._lease_task.cancel()
-        with self._cv:
-            self._cv.notify_all()
-        for t in self._threads:
-            await asyncio.to_thread(t.join, 10)
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.transport is not None:
+            await self.transport.stop()
         self.hub.stop()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(err(ErrStopped))
         self._waiters.clear()
+        self._disk.shutdown(wait=True)
         self._wal.close()
         self.backend.close()
 
+    # --- raft loop ---------------------------------------------------------------------
+    def step(self, m: Message) -> None:
+        """A message from a peer (called by the transport on the loop)."""
+        self.node.step(m)
+        self._wake.set()
+
+    def report_unreachable(self, peer_id: int) -> None:
+        self.node.report_unreachable(peer_id)
+
+    async def _ticker(self) -> None:
+        interval = self.cfg.heartbeat_interval_ms / 1000.0
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            self.node.tick()
+            self._expire_waiters()
+            self._retry_read_index()
+            self._wake.set()
+
+    async def _raft_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        node = self.node
+        while not self._stopping:
+            self._submit_proposals()
+            self._submit_reads()
+            if not node.has_ready():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            rd = node.ready()
+            if rd.soft_state is not None:
+                self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
+            if rd.entries or rd.hard_state is not None:
+                hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
+                ents = [entry_to_pb(e) for e in rd.entries]
+                t0 = time.perf_counter()
+                try:
+                    await loop.run_in_executor(self._disk, self._wal.save, hs, ents, rd.must_sync)
+                except Exception:  # a WAL we cannot write is fatal, as in etcd
+                    log.exception("WAL write failed; stopping the member")
+                    os._exit(1)
+                if rd.must_sync:
+                    self.metrics.observe_fsync(time.perf_counter() - t0)
+                if rd.entries:
+                    self._storage.append(rd.entries)
+                if rd.hard_state is not None:
+                    self._storage.set_hard_state(rd.hard_state)
+            if rd.messages and self.transport is not None:
+                self.transport.send(rd.messages)
+            if rd.committed_entries:
+                self._apply_entries(rd.committed_entries)
+            if rd.read_states:
+                self._on_read_states(rd)
+            node.advance()
+
+    def _drain_ready(self) -> None:
+        """Apply what the WAL already holds as committed (start-up, before any I/O)."""
+        node = self.node
+        while node.has_ready():
+            rd = node.ready()
+            if rd.hard_state is not None:
+                self._storage.set_hard_state(rd.hard_state)
+            if rd.committed_entries:
+                self._apply_entries(rd.committed_entries)
+            node.advance()
+            if not rd.committed_entries:
+                break
+
+    def _on_soft_state(self, lead: int, state: StateType) -> None:
+        if lead != self.lead:
+            if lead:
+                self.leader_changes += 1
+            log.info("raft: leader is now %x (was %x), term %d", lead, self.lead, self.term)
+            if self.lead and not lead:
+                self._fail_reads()
+        was_leader = self.raft_state == StateType.Leader
+        self.lead = lead
+        self.raft_state = state
+        if state == StateType.Leader and not was_leader:
+            # etcd promotes the lessor with an extension of one election timeout, so that
+            # leases do not expire while clients find the new leader.
+            self.lessor.promote(time.monotonic(), extend=self.cfg.election_timeout_ms / 1000.0)
+        elif was_leader and state != StateType.Leader:
+            self.lessor.demote()
+
+    def _submit_proposals(self) -> None:
+        if not self._proposals:
+            return
+        batch, self._proposals = self._proposals, []
+        try:
+            self.node.propose_batch([data for _, data in batch])
+        except ProposalDropped:
+            for rid, _ in batch:
+                fut = self._waiters.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(err(ErrNoLeader))
+        self.metrics.proposals_pending = len(self._waiters)
+
+    def _apply_entries(self, entries: list[Entry]) -> None:
+        normal: list[tuple[int, bytes]] = []
+        for e in entries:
+            if e.type == EntryType.EntryNormal:
+                normal.append((e.index, e.data))
+                continue
+            if normal:
+                self._apply_normal(normal)
+                normal = []
+            cc = conf_change_from_entry(e)
+            if isinstance(cc, ConfChange):
+                self.applier.apply_conf_change(e.index, cc)
+                self._on_conf_change_applied(cc)
+            self.node.apply_conf_change(cc)
+            self._set_applied(e.index)
+        if normal:
+            self._apply_normal(normal)
+
+    def _apply_normal(self, batch: list[tuple[int, bytes]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            applied = self.applier.apply_batch(batch)
+        except Exception:  # the store can no longer follow the log: stop, as etcd panics
+            log.exception("applying entries failed; stopping the member")
+            os._exit(1)
+        self.metrics.observe_commit(time.perf_counter() - t0)
+        self._on_applied(applied, batch[-1][0])
+
+    def _on_applied(self, applied: Applied, last_index: int) -> None:
+        waiters = self._waiters
+        for rid, res in applied.results:
+            fut = waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(res)
+        self.metrics.proposals_applied += len(applied.results)
+        for rev, events in applied.events:
+            self.hub.notify(rev, events)
+        if applied.events:
+            self.revision = applied.events[-1][0]
+        self._size_in_use = applied.size_in_use
+        self._set_applied(last_index)
+
+    def _set_applied(self, index: int) -> None:
+        if index <= self.applied_index:
+            return
+        self.applied_index = index
+        if self._read_apply_waiters:
+            still = []
+            for target, futs in self._read_apply_waiters:
+                if target <= index:
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_result(None)
+                else:
+                    still.append((target, futs))
+            self._read_apply_waiters = still
+
+    def _on_conf_change_applied(self, cc: ConfChange) -> None:
+        t = self.transport
+        if t is None or cc.node_id == self.member_id:
+            return
+        if cc.type in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
+            m = self.membership.members.get(cc.node_id)
+            if m is not None:
+                t.add_peer(m.id, m.peer_urls)
+        elif cc.type == ConfChangeType.ConfChangeRemoveNode:
+            t.remove_peer(cc.node_id)
+        elif cc.type == ConfChangeType.ConfChangeUpdateNode:
+            m = self.membership.members.get(cc.node_id)
+            if m is not None:
+                t.update_peer(m.id, m.peer_urls)
+
     # --- proposals ---------------------------------------------------------------------
     def propose(self, req: InternalRaftRequest) -> asyncio.Future[Any]:
-        """Log `req` and apply it; the future resolves to its response (or EtcdError)."""
+        """Log `req` through raft and apply it; the future resolves to its response (or to
+        the EtcdError it produced)."""
         if self._stopping:
             raise err(ErrStopped)
-        if req.ByteSize() > self.cfg.max_request_bytes:
-            raise err(ErrRequestTooLarge)
         rid = self.ids.next()
         req.header.ID = rid
+        data = req.SerializeToString()
+        if len(data) > self.cfg.max_request_bytes:
+            raise err(ErrRequestTooLarge)
         assert self._loop is not None
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._waiters[rid] = fut
-        with self._cv:
-            self._pending.append(req)
-            if len(self._pending) == 1:
-                self._cv.notify()
+        self._deadlines.append((time.monotonic() + self._req_timeout, rid))
+        self._proposals.append((rid, data))
+        self._wake.set()
         return fut
 
     async def propose_wait(self, req: InternalRaftRequest) -> Any:
@@ -226,6 +479,17 @@ class Member:
         resp = await self.propose_wait(irr)
         self.fill_header(resp.header)
         return resp
+
+    def _expire_waiters(self) -> None:
+        now = time.monotonic()
+        dq = self._deadlines
+        while dq and dq[0][0] <= now:
+            _, rid = dq.popleft()
+            fut = self._waiters.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    err(ErrTimeoutDueToLeaderFail if self.leader_changes > 1 else ErrTimeout)
+                )
 
     async def check_space(self) -> None:
         """Writes fail with NOSPACE while the alarm is active (etcd's quota check). Crossing
@@ -244,106 +508,93 @@ class Member:
             )
             raise err(ErrNoSpace)
 
-    def _wal_loop(self) -> None:
-        sync = not self.cfg.unsafe_no_fsync
-        Entry = raft_pb2.Entry
-        while True:
-            with self._cv:
-                while not self._pending and not self._stopping:
-                    self._cv.wait()
-                batch, self._pending = self._pending, []
-            if not batch:
-                break
-            index = self._last_index
-            term = self.term
-            entries = []
-            for req in batch:
-                index += 1
-                entries.append(Entry(Term=term, Index=index, Data=req.SerializeToString()))
-            t0 = time.perf_counter()
-            try:
-                self._wal.save(
-                    raft_pb2.HardState(term=term, vote=self.member_id, commit=index), entries, sync
+    async def _publish_attributes(self) -> None:
+        """Publish this member's name and client URLs through the log (etcd's publish), so
+        that every member lists them; retried until it applies."""
+        me = self.membership.members.get(self.member_id)
+        want = (self.cfg.name, list(self.cfg.advertise_client_urls))
+        while not self._stopping:
+            if me is not None and (me.name, me.client_urls) == want:
+                return
+            req = InternalRaftRequest(
+                cluster_member_attr_set=membership_pb2.ClusterMemberAttrSetRequest(
+                    member_ID=self.member_id,
+                    member_attributes=membership_pb2.Attributes(
+                        name=want[0], client_urls=want[1]
+                    ),
                 )
-            except Exception:  # a WAL we cannot write is fatal, as in etcd
-                log.exception("WAL write failed; stopping the member")
-                os._exit(1)
-            self.metrics.observe_fsync(time.perf_counter() - t0)
-            self._last_index = index
-            self.committed_index = index
-            self._apply_q.put([(e.Index, r) for e, r in zip(entries, batch, strict=True)])
-        self._apply_q.put(None)
-
-    def _apply_loop(self) -> None:
-        q = self._apply_q
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            batch = item
-            done = False
-            while True:  # merge whatever queued up meanwhile into one LMDB transaction
-                try:
-                    more = q.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    done = True
-                    break
-                batch.extend(more)
-            t0 = time.perf_counter()
+            )
             try:
-                with self._apply_lock:
-                    applied = self.applier.apply_batch(batch)
-            except Exception:  # the store can no longer follow the log: stop, as etcd panics
-                log.exception("applying entries failed; stopping the member")
-                os._exit(1)
-            self.metrics.observe_commit(time.perf_counter() - t0)
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._on_applied, applied)
-            if done:
+                await self.propose_wait(req)
                 return
-
-    def _on_applied(self, applied: Applied) -> None:
-        waiters = self._waiters
-        for rid, res in applied.results:
-            fut = waiters.pop(rid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(res)
-        self.metrics.proposals_applied += len(applied.results)
-        for rev, events in applied.events:
-            self.hub.notify(rev, events)
-        if applied.events:
-            self.revision = applied.events[-1][0]
-        self._size_in_use = applied.size_in_use
-        if applied.last_index > self.applied_index:
-            self.applied_index = applied.last_index
-        if self._read_waiters:
-            ready = [w for w in self._read_waiters if w[0] <= self.applied_index]
-            if ready:
-                self._read_waiters = [w for w in self._read_waiters if w[0] > self.applied_index]
-                for _, fut in ready:
-                    if not fut.done():
-                        fut.set_result(None)
+            except EtcdError:
+                await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000.0)
+            me = self.membership.members.get(self.member_id)
 
     # --- reads -------------------------------------------------------------------------
     async def read_barrier(self) -> None:
-        """Linearizable read point: wait until everything committed so far is applied."""
-        target = self.committed_index
-        if self.applied_index >= target:
-            return
+        """Linearizable read point: a raft read index round, then wait for it to apply."""
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._read_waiters.append((target, fut))
+        self._reads_pending.append(fut)
+        self._wake.set()
         try:
-            await asyncio.wait_for(fut, _READ_TIMEOUT_S)
+            await asyncio.wait_for(fut, self._req_timeout)
         except TimeoutError:
             raise err(ErrTimeoutWaitAppliedIndex) from None
+
+    def _submit_reads(self) -> None:
+        if not self._reads_pending or self._read_inflight is not None:
+            return
+        futs, self._reads_pending = self._reads_pending, []
+        self._read_ctx += 1
+        ctx = _CTX.pack(self._read_ctx)
+        self._read_inflight = (ctx, time.monotonic(), futs)
+        self.node.read_index(ctx)
+
+    def _retry_read_index(self) -> None:
+        inflight = self._read_inflight
+        if inflight is not None and time.monotonic() - inflight[1] > _READ_INDEX_RETRY_S:
+            ctx, _, futs = inflight
+            futs = [f for f in futs if not f.done()]
+            if not futs:
+                self._read_inflight = None
+                return
+            self._read_inflight = (ctx, time.monotonic(), futs)
+            self.node.read_index(ctx)
+
+    def _on_read_states(self, rd: Ready) -> None:
+        inflight = self._read_inflight
+        for rs in rd.read_states:
+            if inflight is None or rs.request_ctx != inflight[0]:
+                continue
+            futs = inflight[2]
+            self._read_inflight = inflight = None
+            if rs.index <= self.applied_index:
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_result(None)
+            else:
+                self._read_apply_waiters.append((rs.index, futs))
+        self._wake.set()
+
+    def _fail_reads(self) -> None:
+        """The leader is gone: reads waiting for a read index fail fast and are retried."""
+        pending = list(self._reads_pending)
+        if self._read_inflight is not None:
+            pending.extend(self._read_inflight[2])
+        self._reads_pending = []
+        self._read_inflight = None
+        for fut in pending:
+            if not fut.done():
+                fut.set_exception(err(ErrNoLeader))
 
     # --- leases ------------------------------------------------------------------------
     async def _lease_expiry_loop(self) -> None:
         while not self._stopping:
             await asyncio.sleep(_LEASE_CHECK_INTERVAL_S)
+            if self.raft_state != StateType.Leader:
+                continue
             limit = int(_LEASE_REVOKE_RATE * _LEASE_CHECK_INTERVAL_S)
             for lease_id in self.lessor.expired(time.monotonic(), limit):
                 try:
@@ -351,9 +602,21 @@ class Member:
                         InternalRaftRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
                     )
                 except EtcdError:
-                    return
+                    break
 
-    # --- headers and status ------------------------------------------------------------
+    # --- state for the API -------------------------------------------------------------
+    @property
+    def term(self) -> int:
+        return int(self.node.raft.term)
+
+    @property
+    def committed_index(self) -> int:
+        return int(self.node.raft.raft_log.committed)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft_state == StateType.Leader
+
     def header(self, revision: int = 0) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(
             cluster_id=self.cluster_id,
@@ -373,36 +636,34 @@ class Member:
         return ETCD_COMPAT_VERSION
 
     async def defragment(self) -> None:
-        """Rewrite the backend compacted. Like etcd, writes wait while it runs."""
+        """Rewrite the backend compacted. Like etcd, nothing is applied while it runs."""
         async with self.maintenance_lock:
-            await asyncio.to_thread(self._apply_lock.acquire)
-            try:
-                tmp = await asyncio.to_thread(self.backend.copy_compacted)
-                # On the loop: no read transaction can be open while the file is swapped.
-                self.backend.swap_in(tmp)
-                self._size_in_use = self.backend.size_in_use()
-            finally:
-                self._apply_lock.release()
+            # Applying happens on the loop, so holding the loop for the swap keeps writers
+            # and readers out; the copy itself runs on a thread while the loop serves reads.
+            tmp = await asyncio.to_thread(self.backend.copy_compacted)
+            self.backend.swap_in(tmp)
+            self._size_in_use = self.backend.size_in_use()
 
 
 class _Counters:
     """The few numbers /metrics reports that only the member knows."""
 
-    _BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
+    BUCKETS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024)
 
     def __init__(self) -> None:
         self.proposals_applied = 0
+        self.proposals_pending = 0
         self.put_total = 0
         self.range_total = 0
         self.delete_total = 0
         self.txn_total = 0
-        self.fsync = [0] * (len(self._BUCKETS) + 1)
+        self.fsync = [0] * (len(self.BUCKETS) + 1)
         self.fsync_sum = 0.0
-        self.commit = [0] * (len(self._BUCKETS) + 1)
+        self.commit = [0] * (len(self.BUCKETS) + 1)
         self.commit_sum = 0.0
 
     def _observe(self, hist: list[int], value: float) -> None:
-        for i, bound in enumerate(self._BUCKETS):
+        for i, bound in enumerate(self.BUCKETS):
             if value <= bound:
                 hist[i] += 1
                 return
