@@ -599,7 +599,11 @@ class Sim:
                 self.start(n.id)
             n.crash_mid_ready = False
         et = self.p.election_tick
-        limit = 60 + 12 * et
+        # Bound: a few election timeouts, plus one round per log entry, because with one-entry
+        # messages (max_size_per_msg=0) and a window of one, a lagging member catches up by
+        # one entry per round trip.
+        longest = max(n.raw.raft.raft_log.last_index() for n in self.up() if n.raw is not None)
+        limit = 60 + 12 * et + longest
         probe_index = 0
         probe_at = 0
         for k in range(limit):
