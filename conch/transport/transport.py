@@ -388,6 +388,14 @@ class _SnapshotIn:
             self.queue.put_nowait(_LOST)
 
     async def _receive(self) -> None:
+        try:
+            await self._receive_file()
+        except Exception as e:
+            self.owner._counters_for(self.from_id).snap_recv_fail += 1
+            self.owner._log.exception("receiving a snapshot from member %x failed", self.from_id)
+            self._ack(SnapAck(False, f"receiver error: {e}"))
+
+    async def _receive_file(self) -> None:
         owner = self.owner
         log = owner._log
         msg = self.message
@@ -589,7 +597,10 @@ class Transport:
             for s in self._servers:
                 s.close()
             raise
+        now = _monotonic()
         for p in self._peers.values():
+            p.link.disconnected(now)
+            p.link.down_since = now  # the grace period starts when we start dialing
             self._start_dialer(p)
         self._log.info("peer transport of member %x listening on %s", self.member_id,
                        ", ".join(self.listen_urls))
@@ -716,7 +727,18 @@ class Transport:
                     why = ("sending buffer is full" if p.link.up
                            else "the stream to the peer is down")
                     self._log.warning("dropping raft messages to member %x: %s", p.id, why)
-                self._on_unreachable(p.id)
+            # reported from the loop, never from inside send(): the caller may be in the middle
+            # of handling a Ready when it sends
+            ids = [p.id for p in failed]
+            if self._loop is not None:
+                self._loop.call_soon(self._report_unreachable, ids)
+            else:
+                self._report_unreachable(ids)
+
+    def _report_unreachable(self, ids: list[int]) -> None:
+        for pid in ids:
+            if pid in self._peers:
+                self._on_unreachable(pid)
 
     def _flush(self, p: _Peer) -> None:
         p.flush_scheduled = False
