@@ -151,13 +151,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, member: Member) -> None:
         self._m = member
 
-    def _self(self) -> rpc_pb2.Member:
-        cfg = self._m.cfg
-        return rpc_pb2.Member(
-            ID=self._m.member_id,
-            name=cfg.name,
-            peerURLs=cfg.initial_advertise_peer_urls,
-            clientURLs=cfg.advertise_client_urls,
+    def _header(self) -> rpc_pb2.ResponseHeader:
+        m = self._m
+        # etcd's cluster server fills no revision in its headers.
+        return rpc_pb2.ResponseHeader(
+            cluster_id=m.cluster_id, member_id=m.member_id, raft_term=m.term
         )
 
     @unary
@@ -165,11 +163,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MemberListResponse:
         m = self._m
-        # etcd's cluster server fills no revision in its headers.
-        header = rpc_pb2.ResponseHeader(
-            cluster_id=m.cluster_id, member_id=m.member_id, raft_term=m.term
+        if request.linearizable:
+            await m.read_barrier()
+        return rpc_pb2.MemberListResponse(
+            header=self._header(), members=[x.to_proto() for x in m.membership.sorted()]
         )
-        return rpc_pb2.MemberListResponse(header=header, members=[self._self()])
 
 
 class AuthService(rpc_pb2_grpc.AuthServicer):

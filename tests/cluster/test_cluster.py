@@ -1,0 +1,173 @@
+"""The seed's three-member deployment: real conch processes configured only by env files.
+
+Leader failures are injected with SIGKILL and SIGSTOP; every wait polls with a deadline."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import grpc
+import pytest
+
+from conch.proto.etcdserverpb import rpc_pb2
+from tests.cluster.harness import Cluster
+from tests.grpc_stubs import connect
+from tests.harness import etcdctl
+from tests.polling import poll
+
+ELECTION_S = 1.0  # etcd's default --election-timeout
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path, 3)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.close()
+
+
+def _status(endpoint: str) -> rpc_pb2.StatusResponse | None:
+    try:
+        with connect(endpoint) as s:
+            return s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=2)
+    except grpc.RpcError:
+        return None
+
+
+def _leader(cluster: Cluster, among=None):
+    """The member every live member agrees is leader, or None."""
+    members = among or [m for m in cluster.members if m.is_running()]
+    statuses = [_status(m.endpoint) for m in members]
+    if any(s is None for s in statuses):
+        return None
+    leads = {s.leader for s in statuses}
+    if len(leads) != 1 or 0 in leads:
+        return None
+    lead = leads.pop()
+    for m, s in zip(members, statuses, strict=True):
+        if s.header.member_id == lead:
+            return m
+    return None
+
+
+def test_three_members_from_env_files(cluster):
+    eps = ",".join(cluster.endpoints)
+    listed = json.loads(etcdctl(cluster.members[0], "member", "list", "-w", "json").stdout)
+    assert sorted(m["name"] for m in listed["members"]) == [
+        "instance01", "instance02", "instance03"]
+    out = etcdctl(eps, "endpoint", "status", "--cluster", "-w", "json")
+    assert out.returncode == 0, out.stderr
+    statuses = json.loads(out.stdout)
+    assert len(statuses) == 3
+    leaders = {s["Status"]["leader"] for s in statuses}
+    assert len(leaders) == 1
+    assert sum(s["Status"]["header"]["member_id"] in leaders for s in statuses) == 1
+    assert etcdctl(cluster.members[0], "put", "seed", "article").returncode == 0
+    for m in cluster.members[1:]:
+        got = etcdctl(m, "get", "seed", "--print-value-only")  # linearizable by default
+        assert got.stdout.strip() == "article"
+
+
+class _Load:
+    """Writer threads putting unique keys through any member; a put counts only once acked."""
+
+    def __init__(self, endpoints: list[str], writers: int = 6) -> None:
+        self.acked: dict[bytes, bytes] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(endpoints, w), daemon=True)
+                         for w in range(writers)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, endpoints: list[str], w: int) -> None:
+        n = 0
+        target = w % len(endpoints)
+        while not self._stop.is_set() and n < 50_000:
+            key, value = b"load/%d/%06d" % (w, n), b"v%d" % n
+            try:
+                with connect(endpoints[target]) as s:
+                    while not self._stop.is_set() and n < 50_000:
+                        s.kv.Put(rpc_pb2.PutRequest(key=key, value=value), timeout=3)
+                        with self._lock:
+                            self.acked[key] = value
+                        n += 1
+                        key, value = b"load/%d/%06d" % (w, n), b"v%d" % n
+            except grpc.RpcError:
+                target = (target + 1) % len(endpoints)  # that member is down: use another
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.acked)
+
+    def stop(self) -> dict[bytes, bytes]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+            assert not t.is_alive()
+        return self.acked
+
+
+def _converged(cluster: Cluster):
+    """All members at the same applied index with equal HashKV at the same revision."""
+    statuses = [_status(m.endpoint) for m in cluster.members]
+    if any(s is None for s in statuses):
+        return None
+    if len({s.raftAppliedIndex for s in statuses}) != 1:
+        return None
+    rev = statuses[0].header.revision
+    hashes = set()
+    for m in cluster.members:
+        with connect(m.endpoint) as s:
+            hashes.add(s.maintenance.HashKV(rpc_pb2.HashKVRequest(revision=rev), timeout=5).hash)
+    return rev if len(hashes) == 1 else None
+
+
+def test_leader_sigkill_under_write_load(cluster):
+    leader = poll(lambda: _leader(cluster), 10, "a leader")
+    load = _Load(cluster.endpoints)
+    poll(lambda: load.count() >= 200, 30, "writes before the kill")
+    leader.kill(signal.SIGKILL)
+    survivors = [m for m in cluster.members if m is not leader]
+    new = poll(lambda: _leader(cluster, survivors), 5 * ELECTION_S + 5, "a new leader")
+    assert new is not leader
+    before = load.count()
+    poll(lambda: load.count() >= before + 200, 30, "writes continuing after the kill")
+    leader.start()
+    acked = load.stop()
+    poll(lambda: _converged(cluster), 30, "members converging")
+    for m in cluster.members:  # no acknowledged write lost, on any member
+        with connect(m.endpoint) as s:
+            got = s.kv.Range(rpc_pb2.RangeRequest(key=b"load/", range_end=b"load0",
+                                                  serializable=True), timeout=30)
+        have = {kv.key: kv.value for kv in got.kvs}
+        missing = [k for k in acked if have.get(k) != acked[k]]
+        assert not missing, f"{m.name} lost {len(missing)} acknowledged puts"
+
+
+def test_paused_leader_serves_no_stale_read(cluster):
+    leader = poll(lambda: _leader(cluster), 10, "a leader")
+    with connect(leader.endpoint) as s:
+        s.kv.Put(rpc_pb2.PutRequest(key=b"x", value=b"old"), timeout=5)
+    leader.kill(signal.SIGSTOP)
+    try:
+        others = [m for m in cluster.members if m is not leader]
+        new = poll(lambda: _leader(cluster, others), 5 * ELECTION_S + 5, "a new leader")
+        with connect(new.endpoint) as s:
+            s.kv.Put(rpc_pb2.PutRequest(key=b"x", value=b"new"), timeout=5)
+    finally:
+        leader.kill(signal.SIGCONT)
+    # The old leader wakes up believing it leads; a linearizable read through it must see
+    # the new value or fail, never return the old one.
+    with connect(leader.endpoint) as s:
+        def read():
+            try:
+                return s.kv.Range(rpc_pb2.RangeRequest(key=b"x"), timeout=3).kvs[0].value
+            except grpc.RpcError:
+                return None
+        value = poll(read, 20, "a linearizable read through the resumed member")
+    assert value == b"new"
