@@ -99,6 +99,9 @@ ErrTimeoutWaitAppliedIndex = _e(
 )
 ErrUnhealthy = _e(_C.UNAVAILABLE, "etcdserver: unhealthy cluster")
 ErrCorrupt = _e(_C.DATA_LOSS, "etcdserver: corrupt cluster")
+ErrTimeoutLeaderTransfer = _e(
+    _C.UNAVAILABLE, "etcdserver: request timed out, leader transfer took too long"
+)
 ErrBadLeaderTransferee = _e(_C.FAILED_PRECONDITION, "etcdserver: bad leader transferee")
 ErrNotSupportedForLearner = _e(
     _C.FAILED_PRECONDITION, "etcdserver: rpc not supported for learner"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from conch.api.errors import unary
-from conch.errors import ErrLeaseTTLTooLarge, EtcdError, err
+from conch.api.forward import FORWARDED, LeaderChannel, is_forwarded
+from conch.errors import ErrLeaseTTLTooLarge, ErrNoLeader, ErrNotLeader, EtcdError, err
 from conch.lease import MAX_LEASE_TTL
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2, rpc_pb2_grpc
 
@@ -22,6 +23,7 @@ IRR = raft_internal_pb2.InternalRaftRequest
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
     def __init__(self, member: Member) -> None:
         self._m = member
+        self._leader = LeaderChannel(member)
 
     @unary
     async def LeaseGrant(
@@ -50,18 +52,59 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         m = self._m
-        async for req in request_iterator:
-            # The header is taken before the renewal, as in etcd, so its revision never
-            # runs ahead of the point of renewal.
-            header = m.header()
-            ttl = m.lessor.renew(req.ID, time.monotonic())
-            yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=req.ID, TTL=ttl)
+        forwarded = is_forwarded(context)
+        upstream: Any = None  # a stream to the leader, opened when this member is a follower
+        upstream_lead = 0
+        try:
+            async for req in request_iterator:
+                # The header is taken before the renewal, as in etcd, so its revision never
+                # runs ahead of the point of renewal.
+                header = m.header()
+                if m.is_leader:
+                    ttl = m.lessor.renew(req.ID, time.monotonic())
+                    yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=req.ID, TTL=ttl)
+                    continue
+                if forwarded:
+                    await context.abort(ErrNotLeader.code, ErrNotLeader.message)
+                try:
+                    if upstream is None or upstream_lead != m.lead:
+                        if upstream is not None:
+                            upstream.cancel()
+                        upstream = self._leader.lease().LeaseKeepAlive(metadata=(FORWARDED,))
+                        upstream_lead = m.lead
+                    await upstream.write(req)
+                    resp = await upstream.read()
+                except EtcdError as exc:
+                    await context.abort(exc.code, exc.message)
+                except grpc.RpcError:
+                    upstream = None
+                    await context.abort(ErrNoLeader.code, ErrNoLeader.message)
+                if resp is grpc.aio.EOF:
+                    upstream = None
+                    await context.abort(ErrNoLeader.code, ErrNoLeader.message)
+                yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=resp.ID, TTL=resp.TTL)
+        finally:
+            if upstream is not None:
+                upstream.cancel()
 
     @unary
     async def LeaseTimeToLive(
         self, request: rpc_pb2.LeaseTimeToLiveRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
         m = self._m
+        if not m.is_leader:
+            # Only the leader's lessor keeps time: ask it (etcd does the same).
+            if is_forwarded(context):
+                raise err(ErrNotLeader)
+            try:
+                stub = self._leader.lease()
+                resp: rpc_pb2.LeaseTimeToLiveResponse = await stub.LeaseTimeToLive(
+                    request, metadata=(FORWARDED,), timeout=5
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise EtcdError(exc.code(), exc.details() or "") from None
+            resp.header.CopyFrom(m.header())
+            return resp
         await m.read_barrier()
         ttl, granted, keys = m.lessor.time_to_live(request.ID, time.monotonic(), request.keys)
         return rpc_pb2.LeaseTimeToLiveResponse(
@@ -79,5 +122,3 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             leases=[rpc_pb2.LeaseStatus(ID=i) for i in m.lessor.leases()],
         )
 
-
-__all__ = ["LeaseService", "EtcdError"]

@@ -171,3 +171,34 @@ def test_paused_leader_serves_no_stale_read(cluster):
                 return None
         value = poll(read, 20, "a linearizable read through the resumed member")
     assert value == b"new"
+
+
+def test_leases_through_followers(cluster):
+    import time
+
+    leader = poll(lambda: _leader(cluster), 10, "a leader")
+    f1, f2 = [m for m in cluster.members if m is not leader]
+    with connect(f1.endpoint) as s1, connect(f2.endpoint) as s2:
+        grant = s1.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=3), timeout=5)
+        s1.kv.Put(rpc_pb2.PutRequest(key=b"leased", value=b"v", lease=grant.ID), timeout=5)
+        # Keepalives sent to a follower reach the leader's lessor: the key outlives its TTL.
+        deadline = time.monotonic() + 6
+        responses = []
+
+        def keepalives():
+            while time.monotonic() < deadline:
+                yield rpc_pb2.LeaseKeepAliveRequest(ID=grant.ID)
+                time.sleep(0.5)  # the client's keepalive cadence, not synchronisation
+
+        for resp in s2.lease.LeaseKeepAlive(keepalives(), timeout=20):
+            responses.append(resp.TTL)
+        assert responses and all(ttl == 3 for ttl in responses), responses
+        assert s1.kv.Range(rpc_pb2.RangeRequest(key=b"leased"), timeout=5).count == 1
+        ttl = s2.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=grant.ID), timeout=5)
+        assert 0 < ttl.TTL <= 3 and ttl.grantedTTL == 3
+        # Without keepalives the leader expires it; every member sees the key go.
+        for s in (s1, s2):
+            poll(lambda s=s: s.kv.Range(rpc_pb2.RangeRequest(key=b"leased"), timeout=5).count
+                 == 0, 10, "lease expiry")
+        ttl = s2.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=grant.ID), timeout=5)
+        assert ttl.TTL == -1
