@@ -54,6 +54,14 @@ Contract
   cdf818194e3a8c32, remote 1234)``). Repeated identical failures are logged at debug level.
 - Inbound connections only read. A new stream from a peer replaces (closes) its older one.
 
+Performance notes (tests/transport/test_throughput.py, one process, both ends on one loop):
+~95k MsgApp/s end to end for 160-byte messages, of which the raftpb codec (``message_to_pb`` +
+``message_from_pb``) is about 60% of the CPU; framing + socket I/O alone moves ~1M frames/s.
+The receive side uses an ``asyncio.Protocol`` (messages delivered synchronously from
+``data_received``, no task per connection); a StreamReader variant measured the same within
+noise (~1.1-1.3M frames/s either way), so the choice was made for simplicity of ordering, not
+speed. Snapshot transfer: ~190 MiB/s including hashing and fsync.
+
 Counters (``stats()``): ``etcd_network_peer_sent_bytes_total``,
 ``etcd_network_peer_received_bytes_total``, ``etcd_network_peer_sent_failures_total`` (dropped
 messages), ``conch_network_peer_{sent,received}_messages_total``,

@@ -743,7 +743,8 @@ class Transport:
     def _flush(self, p: _Peer) -> None:
         p.flush_scheduled = False
         proto = p.proto
-        if proto is None or proto.paused or proto.transport is None:
+        if proto is None or proto.paused or proto.transport is None \
+                or proto.transport.is_closing():
             return
         data, n, nbytes = p.link.queue.take()
         if n:
@@ -799,6 +800,10 @@ class Transport:
                 p.url_index += 1
                 self._note_failure(p, f"failed to dial member {p.id:x} at {url}: "
                                    f"{e or type(e).__name__}", logging.WARNING)
+                await asyncio.sleep(backoff.next())
+                continue
+            except Exception:  # a bug must not end the redial loop for good
+                self._log.exception("dialing member %x at %s failed", p.id, url)
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()

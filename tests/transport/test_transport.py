@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -417,6 +418,47 @@ def test_corrupted_snapshot_rejected(tmp_path: Path, caplog: pytest.LogCaptureFi
             assert ack is not None and ack.ok
             [(h, path)] = b.snapshots
             assert Path(path).read_bytes() == data
+        finally:
+            await b.t.stop()
+    run(main())
+
+
+async def _raw_stream(url: str, from_id: int, to_id: int) -> tuple[asyncio.StreamReader,
+                                                                   asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(Handshake(ConnKind.STREAM, CLUSTER, from_id, to_id).encode())
+    head = await reader.readexactly(wire.HEADER_SIZE)
+    n, t = wire.HEADER.unpack(head)
+    assert wire.HandshakeReply.decode(t, await reader.readexactly(n)).ok
+    return reader, writer
+
+
+def test_new_stream_replaces_old_and_silent_client_times_out(tmp_path: Path) -> None:
+    from conch.raft.codec import encode_message
+
+    async def main() -> None:
+        b = await Node(2, str(tmp_path / "b"), handshake_timeout=0.1).start()
+        b.t.add_peer(1, ["http://127.0.0.1:1"])
+        try:
+            r1, w1 = await _raw_stream(b.url, 1, 2)
+            w1.write(wire.frame(FrameType.MESSAGE, encode_message(app(1, 2, 1))))
+            await wait_until(lambda: b.count == 1)
+            r2, w2 = await _raw_stream(b.url, 1, 2)
+            assert await r1.read() == b""  # the old stream was closed by b
+            w2.write(wire.frame(FrameType.MESSAGE, encode_message(app(1, 2, 2))))
+            await wait_until(lambda: b.count == 2)
+            # a frame that is not a raft message ends the stream
+            w2.write(wire.frame(FrameType.MESSAGE, b"\xff\xff\xff"))
+            assert await r2.read() == b""
+            w1.close()
+            w2.close()
+            # a client that never sends a handshake is dropped after handshake_timeout
+            host, port = b.url.removeprefix("http://").rsplit(":", 1)
+            r3, w3 = await asyncio.open_connection(host, int(port))
+            with contextlib.suppress(ConnectionResetError):
+                assert await r3.read() == b""
+            w3.close()
         finally:
             await b.t.stop()
     run(main())
