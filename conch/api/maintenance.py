@@ -1,4 +1,4 @@
-"""etcdserverpb.Maintenance and etcdserverpb.Cluster for a single member."""
+"""etcdserverpb.Maintenance (and the Auth status probe)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import grpc
 
 from conch.api.errors import unary
 from conch.backend import BUCKETS
-from conch.errors import ErrBadLeaderTransferee, err
+from conch.errors import ErrBadLeaderTransferee, ErrNotLeader, err
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2, rpc_pb2_grpc
 
 if TYPE_CHECKING:
@@ -111,8 +111,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.MoveLeaderResponse:
         m = self._m
-        if request.targetID != m.member_id:
+        if not m.is_leader:
+            raise err(ErrNotLeader)
+        target = m.membership.members.get(request.targetID)
+        if target is None or target.is_learner:
             raise err(ErrBadLeaderTransferee)
+        if request.targetID != m.member_id:
+            await m.transfer_leadership(request.targetID)
         return rpc_pb2.MoveLeaderResponse(header=m.header())
 
     async def Snapshot(
@@ -145,29 +150,6 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         finally:
             if os.path.exists(path):
                 os.unlink(path)
-
-
-class ClusterService(rpc_pb2_grpc.ClusterServicer):
-    def __init__(self, member: Member) -> None:
-        self._m = member
-
-    def _header(self) -> rpc_pb2.ResponseHeader:
-        m = self._m
-        # etcd's cluster server fills no revision in its headers.
-        return rpc_pb2.ResponseHeader(
-            cluster_id=m.cluster_id, member_id=m.member_id, raft_term=m.term
-        )
-
-    @unary
-    async def MemberList(
-        self, request: rpc_pb2.MemberListRequest, context: grpc.aio.ServicerContext
-    ) -> rpc_pb2.MemberListResponse:
-        m = self._m
-        if request.linearizable:
-            await m.read_barrier()
-        return rpc_pb2.MemberListResponse(
-            header=self._header(), members=[x.to_proto() for x in m.membership.sorted()]
-        )
 
 
 class AuthService(rpc_pb2_grpc.AuthServicer):

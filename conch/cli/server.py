@@ -44,10 +44,11 @@ def _host_port(url: str) -> tuple[str, int]:
 
 async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     """Run a member until SIGTERM/SIGINT; returns the signal number that stopped it (or 0)."""
+    from conch.api.cluster import ClusterService
     from conch.api.http import HTTPEndpoints
     from conch.api.kv import KVService
     from conch.api.lease import LeaseService
-    from conch.api.maintenance import AuthService, ClusterService, MaintenanceService
+    from conch.api.maintenance import AuthService, MaintenanceService
     from conch.api.watch import WatchService
     from conch.proto.etcdserverpb import rpc_pb2_grpc
     from conch.server.member import Member
@@ -121,7 +122,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     if ready is not None:
         ready.set()
-    await stop.wait()
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(member.removed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for w in waits:
+        w.cancel()
     log.info("received %s, shutting down", signal.Signals(got[0]).name if got else "stop")
     for s in http_servers:
         s.close()

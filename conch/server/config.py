@@ -125,6 +125,8 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("force-new-cluster", "false", "bool", "Force to create a new one member cluster."),
     _Flag("strict-reconfig-check", "true", "bool", "Reject reconfigurations that lose quorum."),
     _Flag("pre-vote", "true", "bool", "Enable the raft Pre-Vote algorithm."),
+    _Flag("experimental-max-learners", "1", "int", "Maximum number of learners in the cluster."),
+    _Flag("max-learners", "1", "int", "Maximum number of learners in the cluster (3.6 name)."),
     _Flag("unsafe-no-fsync", "false", "bool", "Disables fsync, unsafe."),
 )
 
@@ -203,6 +205,8 @@ class Config:
     unsafe_no_fsync: bool = False
     # Whether --listen-peer-urls was given: a lone member only listens for peers if asked.
     listen_peer_urls_set: bool = False
+    strict_reconfig_check: bool = True
+    max_learners: int = 1
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     # --- derived values ---------------------------------------------------------------
@@ -417,6 +421,10 @@ def _build(values: dict[str, str]) -> Config:
     kw["log_level"] = get("log-level")
     kw["unsafe_no_fsync"] = as_bool("unsafe-no-fsync")
     kw["listen_peer_urls_set"] = "listen-peer-urls" in values
+    kw["strict_reconfig_check"] = as_bool("strict-reconfig-check")
+    kw["max_learners"] = as_int(
+        "max-learners" if "max-learners" in values else "experimental-max-learners"
+    )
     try:
         kw["watch_progress_notify_interval_s"] = _parse_duration_s(
             get("experimental-watch-progress-notify-interval")

@@ -34,6 +34,7 @@ from conch.errors import (
     ErrStopped,
     ErrTimeout,
     ErrTimeoutDueToLeaderFail,
+    ErrTimeoutLeaderTransfer,
     ErrTimeoutWaitAppliedIndex,
     EtcdError,
     err,
@@ -109,6 +110,10 @@ class Member:
         self._read_inflight: tuple[bytes, float, list[asyncio.Future[None]]] | None = None
         self._read_apply_waiters: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._cc_waiters: dict[int, asyncio.Future[None]] = {}
+        # Set when this member applied its own removal: the process should exit.
+        self.removed = asyncio.Event()
+        self.is_learner = False
         self._stopping = False
         self.applied_index = 0
         self.revision = 0
@@ -389,6 +394,10 @@ class Member:
                 self._on_conf_change_applied(cc)
             self.node.apply_conf_change(cc)
             self._set_applied(e.index)
+            if isinstance(cc, ConfChange):
+                waiter = self._cc_waiters.pop(cc.id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
         if normal:
             self._apply_normal(normal)
 
@@ -432,6 +441,11 @@ class Member:
             self._read_apply_waiters = still
 
     def _on_conf_change_applied(self, cc: ConfChange) -> None:
+        me = self.membership.members.get(self.member_id)
+        self.is_learner = me is not None and me.is_learner
+        if cc.type == ConfChangeType.ConfChangeRemoveNode and cc.node_id == self.member_id:
+            log.warning("this member was removed from the cluster; stopping")
+            self.removed.set()
         t = self.transport
         if t is None or cc.node_id == self.member_id:
             return
@@ -464,6 +478,56 @@ class Member:
         self._proposals.append((rid, data))
         self._wake.set()
         return fut
+
+    async def propose_conf_change(self, cc: ConfChange) -> None:
+        """Propose a membership change and wait until this member has applied it."""
+        if self._stopping:
+            raise err(ErrStopped)
+        cc.id = self.ids.next()
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._cc_waiters[cc.id] = fut
+        try:
+            self.node.propose_conf_change(cc)
+        except ProposalDropped:
+            self._cc_waiters.pop(cc.id, None)
+            raise err(ErrNoLeader) from None
+        self._wake.set()
+        try:
+            await asyncio.wait_for(fut, self._req_timeout)
+        except TimeoutError:
+            raise err(ErrTimeout) from None
+        finally:
+            self._cc_waiters.pop(cc.id, None)
+
+    def started_voters(self) -> set[int]:
+        """Voters this member can currently reach (itself included): etcd's "started"
+        members for --strict-reconfig-check."""
+        t = self.transport
+        return {
+            v for v in self.membership.voters()
+            if v == self.member_id or (t is not None and t.active_since(v) is not None)
+        }
+
+    async def transfer_leadership(self, target: int) -> None:
+        """MoveLeader: hand leadership to `target` and wait until it leads."""
+        self.node.transfer_leader(target)
+        self._wake.set()
+        deadline = time.monotonic() + self._req_timeout
+        while self.lead != target:
+            if time.monotonic() > deadline:
+                raise err(ErrTimeoutLeaderTransfer)
+            await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000.0)
+
+    def learner_ready(self, learner_id: int) -> bool:
+        """etcd's rule: a learner may be promoted once its match index is at least 90% of
+        the leader's."""
+        status = self.node.status()
+        pr = status.progress.get(learner_id)
+        me = status.progress.get(self.member_id)
+        if pr is None or me is None:
+            return False
+        return pr[0] >= me[0] * 0.9
 
     async def propose_wait(self, req: InternalRaftRequest) -> Any:
         res = await self.propose(req)

@@ -202,3 +202,54 @@ def test_leases_through_followers(cluster):
                  == 0, 10, "lease expiry")
         ttl = s2.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=grant.ID), timeout=5)
         assert ttl.TTL == -1
+
+
+def test_member_remove_update_and_move_leader(cluster):
+    leader = poll(lambda: _leader(cluster), 10, "a leader")
+    followers = [m for m in cluster.members if m is not leader]
+    with connect(leader.endpoint) as s:
+        ids = {m.name: m.ID for m in s.cluster.MemberList(rpc_pb2.MemberListRequest(),
+                                                          timeout=5).members}
+        # MoveLeader to a follower, then it must be sent to the new leader.
+        target = followers[0]
+        s.maintenance.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=ids[target.name]),
+                                 timeout=15)
+    assert poll(lambda: _leader(cluster), 10, "the new leader") is target
+    with connect(leader.endpoint) as s:
+        code = None
+        try:
+            s.maintenance.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=ids[leader.name]),
+                                     timeout=5)
+        except grpc.RpcError as e:
+            code = (e.code(), e.details())
+        assert code == (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not leader")
+    # Remove a follower: the cluster keeps serving with two members and the removed
+    # process exits by itself.
+    victim = followers[1]
+    with connect(target.endpoint) as s:
+        resp = s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=ids[victim.name]),
+                                      timeout=15)
+        assert sorted(m.name for m in resp.members) == sorted(
+            m.name for m in cluster.members if m is not victim)
+        s.kv.Put(rpc_pb2.PutRequest(key=b"after-remove", value=b"ok"), timeout=5)
+        # Removing another voter now would leave 1 of 1 needed... allowed (quorum of 1 is 1),
+        # but an unknown ID is not found.
+        try:
+            s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=12345), timeout=5)
+            raise AssertionError("removing an unknown member succeeded")
+        except grpc.RpcError as e:
+            assert (e.code(), e.details()) == (grpc.StatusCode.NOT_FOUND,
+                                               "etcdserver: member not found")
+    # poll(lambda: not victim.is_running(), 15, "the removed member to exit")
+    with connect(leader.endpoint) as s:
+        got = s.kv.Range(rpc_pb2.RangeRequest(key=b"after-remove"), timeout=5)
+        assert got.kvs[0].value == b"ok"
+        # MemberUpdate changes the peer URLs the others use (here: to the same port, spelled
+        # as localhost); MemberList shows it on every member.
+        new_url = f"http://localhost:{leader.peer_port}"
+        s.cluster.MemberUpdate(rpc_pb2.MemberUpdateRequest(ID=ids[leader.name],
+                                                           peerURLs=[new_url]), timeout=15)
+    with connect(target.endpoint) as s:
+        listed = {m.name: list(m.peerURLs)
+                  for m in s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=5).members}
+    assert listed[leader.name] == [new_url]
