@@ -186,9 +186,11 @@ def test_peer_restart_reconnects(tmp_path: Path) -> None:
             await wait_until(lambda: 2 in a.unreachable, what="stream loss reported")
             assert a.t.active_since(2) is None
             # while b is down for longer than unreachable_after, sends drop and report
-            await wait_until(lambda: (a.t.send([app(1, 2, 0)]),
-                                      a.t.stats()["etcd_network_peer_sent_failures_total"]["2"]
-                                      > 0)[1], what="drops while down")
+
+            def dropping() -> bool:
+                a.t.send([app(1, 2, 0)])
+                return a.t.stats()["etcd_network_peer_sent_failures_total"]["2"] > 0
+            await wait_until(dropping, what="drops while down")
             b2 = Node(2, str(tmp_path / "b"), port=port)
             await b2.start()
             b2.t.add_peer(1, [a.url])
