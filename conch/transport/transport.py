@@ -698,6 +698,8 @@ class Transport:
 
     def send(self, messages: Iterable[OutMessage]) -> None:
         """Queue messages for their peers (``m.to``); never blocks. Call on the event loop."""
+        if self._stopped:
+            return
         now = _monotonic()
         peers = self._peers
         failed: list[_Peer] | None = None
