@@ -8,7 +8,7 @@ CLIENT_URL ?= http://127.0.0.1:2379
 HTTP_URL ?= http://127.0.0.1:2381
 DATA_DIR ?= default.conch
 
-.PHONY: venv run test lint proto bench clean
+.PHONY: venv run test lint proto bench clean cluster
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# Three members infra1..3 on 127.0.0.1 in the foreground, like etcd's Procfile: client ports
+# 2379/22379/32379, peer ports 2380/22380/32380, data in ./cluster.conch, output lines prefixed
+# with the member's name; Ctrl-C stops them all. Options: CLUSTER_ARGS='--base-port 40000
+# --port-step 10' (see scripts/local_cluster.py --help).
+cluster: $(STAMP)
+	$(PY) scripts/local_cluster.py $(CLUSTER_ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check conch tests bench
 	$(VENV)/bin/mypy conch
@@ -40,4 +47,4 @@ bench: $(STAMP)
 	$(PY) bench/put_bench.py
 
 clean:
-	rm -rf $(VENV) default.conch build *.egg-info
+	rm -rf $(VENV) default.conch cluster.conch build *.egg-info
