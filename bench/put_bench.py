@@ -26,199 +26,48 @@ Stdlib only (Python >= 3.11).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-DEFAULT_LOADGEN = BENCH_DIR / "bin" / "loadgen"
+from _common import (  # bench/ is sys.path[0] when run as a script
+    BENCH_DIR,
+    DEFAULT_LOADGEN,
+    REPO,
+    Server,
+    Workload,
+    conch_env,
+    ensure_loadgen,
+    etcd_env,
+    etcd_version,
+    free_ports,
+    fsync_probe,
+    git_commit,
+    loadgen_probe,
+    log,
+    markdown_table,
+    median_result,
+    run_loadgen,
+    set_log_prefix,
+    tcp_open,
+    write_json_atomic,
+)
+
 DEFAULT_OUT = BENCH_DIR / "results" / "latest.json"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-
-def log(msg: str) -> None:
-    print(f"[put_bench] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------
-# helpers
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def proc_tree_cpu_s(root_pid: int) -> float:
-    """user+sys CPU seconds of root_pid and all its live descendants (from /proc)."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces/parens: split after the last ')'
-        rest = data[data.rfind(")") + 2 :].split()
-        pid = int(entry)
-        parents[pid] = int(rest[1])
-        times[pid] = (int(rest[11]) + int(rest[12])) / CLK_TCK
-    total = 0.0
-    for pid, t in times.items():
-        p = pid
-        for _ in range(64):  # walk up to root_pid, bounded
-            if p == root_pid:
-                total += t
-                break
-            p = parents.get(p, 0)
-            if p <= 1:
-                break
-    return total
-
-
-def fsync_probe(directory: Path, iterations: int = 200, size: int = 4096) -> dict[str, float]:
-    """Latency of write(4 KiB)+fsync in `directory`: what a WAL append costs here."""
-    path = directory / "fsync-probe.bin"
-    buf = os.urandom(size)
-    lat: list[float] = []
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        deadline = time.monotonic() + 20
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            os.write(fd, buf)
-            os.fsync(fd)
-            lat.append((time.perf_counter() - t0) * 1000)
-            if time.monotonic() > deadline:
-                break
-    finally:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-    lat.sort()
-    return {
-        "iterations": len(lat),
-        "bytes": size,
-        "p50_ms": round(lat[len(lat) // 2], 3),
-        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3),
-        "mean_ms": round(statistics.fmean(lat), 3),
-    }
-
-
-def ensure_loadgen(path: Path) -> Path:
-    if path.exists():
-        return path
-    if path != DEFAULT_LOADGEN:
-        raise SystemExit(f"loadgen not found at {path}")
-    log("bench/bin/loadgen missing; building it with bench/build.sh")
-    subprocess.run(["bash", str(BENCH_DIR / "build.sh")], check=True, timeout=600)
-    return path
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+set_log_prefix("put_bench")
 
 
 # --------------------------------------------------------------------------
 # servers
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    client_port: int
-    workdir: Path
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.workdir / f"{self.name}.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    def start(self) -> None:
-        log(f"starting {self.name}: {' '.join(self.argv)}")
-        logf = open(self.log_path, "wb")  # noqa: SIM115 - closed with the process
-        # Own session: a Ctrl-C at the terminal reaches only this script, which
-        # then stops the server itself (by pid) in its finally block.
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env=self.env,
-            start_new_session=True,
-        )
-        logf.close()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is None:
-            return
-        if p.poll() is None:
-            log(f"stopping {self.name} (pid {p.pid})")
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} (pid {p.pid}) ignored SIGTERM; sending SIGKILL")
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
-                p.wait(timeout=10)
-        # Anything the server itself forked is in the process group we created
-        # for it (pgid == its pid); make sure none of it outlives the run.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGKILL)
-
-    def log_tail(self, n: int = 20) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(lines[-n:])
 
 
 def make_etcd(etcd_bin: str, workdir: Path) -> Server:
@@ -236,13 +85,7 @@ def make_etcd(etcd_bin: str, workdir: Path) -> Server:
         "--initial-cluster-state", "new",
         "--log-level", "warn",
     ]  # fmt: skip
-    env = dict(os.environ)
-    env.pop("ETCDCTL_API", None)
-    # Never let inherited ETCD_* settings change the server under test.
-    for k in list(env):
-        if k.startswith("ETCD_"):
-            env.pop(k)
-    return Server("etcd", argv, client, workdir, env=env)
+    return Server("etcd", argv, client, workdir, env=etcd_env())
 
 
 def make_conch(python: str, workdir: Path) -> Server:
@@ -255,11 +98,7 @@ def make_conch(python: str, workdir: Path) -> Server:
         "--listen-client-urls", f"http://127.0.0.1:{client}",
         "--advertise-client-urls", f"http://127.0.0.1:{client}",
     ]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (
-        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-    )
-    return Server("conch", argv, client, workdir, env=env)
+    return Server("conch", argv, client, workdir, env=conch_env())
 
 
 def wait_ready(srv: Server, loadgen: Path, timeout: float) -> float:
@@ -273,45 +112,21 @@ def wait_ready(srv: Server, loadgen: Path, timeout: float) -> float:
                 f"{srv.name} exited with code {srv.proc.returncode if srv.proc else '?'}"
                 f" before becoming ready; log tail:\n{srv.log_tail()}"
             )
-        try:
-            with socket.create_connection(("127.0.0.1", srv.client_port), timeout=0.5):
-                pass
-        except OSError as e:
-            last = f"tcp: {e}"
+        err = tcp_open(srv.client_port)
+        if err is not None:
+            last = err
             time.sleep(0.2)
             continue
-        try:
-            out = subprocess.run(
-                [
-                    str(loadgen), "-endpoints", srv.endpoint, "-op", "range",
-                    "-clients", "1", "-total", "1", "-duration", "3s",
-                    "-dial-timeout", "2s", "-request-timeout", "2s",
-                ],
-                capture_output=True, text=True, timeout=15,
-            )  # fmt: skip
-            if out.returncode == 0:
-                return time.monotonic() - t0
-            tail = (out.stderr or out.stdout).strip().splitlines()
-            last = tail[-1] if tail else f"loadgen probe exited {out.returncode}"
-        except subprocess.TimeoutExpired:
-            last = "loadgen probe timed out"
+        err = loadgen_probe(loadgen, srv.endpoint)
+        if err is None:
+            return time.monotonic() - t0
+        last = err
         time.sleep(0.3)
     raise RuntimeError(f"{srv.name} not ready after {timeout:.0f}s (last: {last})")
 
 
 # --------------------------------------------------------------------------
 # workloads
-
-
-@dataclass
-class Workload:
-    name: str
-    desc: str
-    op: str
-    clients: int
-    total: int
-    seq_keys: bool
-    key_space: int
 
 
 def build_workloads(a: argparse.Namespace) -> list[Workload]:
@@ -347,53 +162,9 @@ def run_workload(
     a: argparse.Namespace,
     others: list[Server] | None = None,
 ) -> dict[str, Any]:
-    argv = [
-        str(loadgen),
-        "-endpoints", srv.endpoint,
-        "-op", wl.op,
-        "-clients", str(wl.clients),
-        "-conns", str(a.conns),
-        "-total", str(wl.total),
-        "-duration", f"{a.duration}s",
-        "-key-size", str(a.key_size),
-        "-val-size", str(a.val_size),
-        "-key-space", str(wl.key_space),
-    ]  # fmt: skip
-    if wl.seq_keys:
-        argv.append("-seq-keys")
     assert srv.proc is not None
-    idle = [o for o in (others or []) if o.proc is not None and o.alive()]
-    cpu0 = proc_tree_cpu_s(srv.proc.pid)
-    idle0 = sum(proc_tree_cpu_s(o.proc.pid) for o in idle if o.proc)
-    t0 = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=a.duration + 60)
-    wall = time.monotonic() - t0
-    cpu1 = proc_tree_cpu_s(srv.proc.pid)
-    idle1 = sum(proc_tree_cpu_s(o.proc.pid) for o in idle if o.proc)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise RuntimeError(
-            f"loadgen gave no result for {wl.name} on {srv.name} "
-            f"(rc={out.returncode}): {out.stderr.strip()[-500:]}"
-        )
-    res: dict[str, Any] = json.loads(lines[-1])
-    res["workload"] = wl.name
-    res["server_cpu_s"] = round(cpu1 - cpu0, 3)
-    res["server_cpu_pct"] = round((cpu1 - cpu0) / wall * 100, 1) if wall > 0 else None
-    if idle:
-        # CPU burnt meanwhile by the other (idle) server(s) under test.
-        res["idle_servers_cpu_pct"] = round((idle1 - idle0) / wall * 100, 1) if wall > 0 else None
-    return res
-
-
-def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median QPS (all runs kept under 'runs' when > 1)."""
-    if len(runs) == 1:
-        return runs[0]
-    ordered = sorted(runs, key=lambda r: r["qps"])
-    med = dict(ordered[(len(ordered) - 1) // 2])
-    med["runs"] = runs
-    return med
+    idle = [o.proc.pid for o in (others or []) if o.proc is not None and o.alive()]
+    return run_loadgen(loadgen, [srv.endpoint], wl, a, [srv.proc.pid], idle)
 
 
 def prepare_server(srv: Server, loadgen: Path, a: argparse.Namespace, info: dict[str, Any]) -> bool:
@@ -471,46 +242,7 @@ def bench_servers(
 
 
 # --------------------------------------------------------------------------
-# report
-
-
-def fmt_num(x: Any, nd: int = 0) -> str:
-    if x is None:
-        return "—"
-    return f"{x:,.{nd}f}"
-
-
-def markdown_table(results: dict[str, Any], workloads: list[Workload]) -> str:
-    names = list(results["servers"].keys())
-    hdr = ["workload"]
-    for n in names:
-        hdr += [f"{n} QPS", f"{n} p50 ms", f"{n} p99 ms"]
-    both = "etcd" in names and "conch" in names
-    if both:
-        hdr += ["conch/etcd QPS", "conch/etcd p99"]
-    rows = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-    for wl in workloads:
-        row = [wl.name]
-        got: dict[str, dict[str, Any] | None] = {}
-        for n in names:
-            r = results["servers"][n].get("workloads", {}).get(wl.name)
-            got[n] = r
-            if r is None:
-                row += ["—", "—", "—"]
-            elif not r.get("ops"):
-                row += [f"0 ({r.get('errors', 0)} err)", "—", "—"]
-            else:
-                err = f" ({r['errors']} err)" if r.get("errors") else ""
-                row += [fmt_num(r["qps"]) + err, fmt_num(r["p50_ms"], 2), fmt_num(r["p99_ms"], 2)]
-        if both:
-            e, c = got.get("etcd"), got.get("conch")
-            if e and c and e["qps"] and c.get("ops"):
-                row.append(f"{c['qps'] / e['qps']:.3f}")
-                row.append(f"{c['p99_ms'] / e['p99_ms']:.2f}" if e["p99_ms"] else "—")
-            else:
-                row += ["—", "—"]
-        rows.append("| " + " | ".join(row) + " |")
-    return "\n".join(rows)
+# main
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -618,11 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "servers": {},
     }
-    try:
-        ver = subprocess.run([a.etcd_bin, "--version"], capture_output=True, text=True, timeout=10)
-        results["meta"]["etcd_version"] = ver.stdout.splitlines()[0] if ver.stdout else None
-    except (OSError, subprocess.SubprocessError):
-        results["meta"]["etcd_version"] = None
+    results["meta"]["etcd_version"] = etcd_version(a.etcd_bin)
 
     servers: list[Server] = []
     interrupted = False
@@ -672,10 +400,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = markdown_table(results, workloads)
     results["table_markdown"] = table
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = a.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    tmp_out.replace(a.out)
+    write_json_atomic(a.out, results)
 
     print(table)
     for n, info in results["servers"].items():
