@@ -68,8 +68,9 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
             listen_urls=cfg.listen_peer_urls,
             snap_dir=os.path.join(cfg.member_dir, "snap"),
             on_message=member.step,
-            on_snapshot=_no_snapshots,
+            on_snapshot=member.on_snapshot,
             on_unreachable=member.report_unreachable,
+            on_removed=member.on_removed,
         )
         await transport.start()
     await member.start(transport)
@@ -132,12 +133,6 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     await server.stop(grace=1.0)
     await member.stop()
     return got[0] if got else 0
-
-
-async def _no_snapshots(header: object, path: str) -> None:
-    # Raft log compaction (and so snapshot transfer) is not implemented yet: the log is kept
-    # whole, so no member ever needs a snapshot.
-    os.unlink(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -549,6 +549,17 @@ class WatchHub:
     def watcher_count(self) -> int:
         return self.synced_count + self.unsynced_count
 
+    def restored(self) -> None:
+        """The store was replaced wholesale (a snapshot from the leader was installed): every
+        watcher catches up from the new store's history, from where it was."""
+        self.current_revision = self.store.current_revision()
+        synced = [w for ws in self._key_watchers.values() for w in ws]
+        synced += [w for ws in self._ranges.values() for w in ws]
+        for w in synced:
+            self._to_unsynced(w)
+        if self._unsynced:
+            self._kick()
+
     def start(self) -> None:
         """Called by the member on its loop once it runs (the catch-up task starts on demand)."""
         self._closed = False

@@ -50,6 +50,12 @@ class Applier:
         self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
         self._load_alarms()
 
+    def reload(self, membership: Membership) -> None:
+        """The backend was replaced (snapshot install): forget what was read from the old."""
+        self.membership = membership
+        self.alarms = set()
+        self._load_alarms()
+
     def _load_alarms(self) -> None:
         with self._backend.read() as txn:
             cur = txn.cursor(db=self._backend.db(ALARM_BUCKET))

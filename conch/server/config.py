@@ -125,6 +125,14 @@ _FLAGS: tuple[_Flag, ...] = (
     _Flag("force-new-cluster", "false", "bool", "Force to create a new one member cluster."),
     _Flag("strict-reconfig-check", "true", "bool", "Reject reconfigurations that lose quorum."),
     _Flag("pre-vote", "true", "bool", "Enable the raft Pre-Vote algorithm."),
+    _Flag("max-snapshots", "5", "int", "Maximum number of snapshot files to retain (0 = all)."),
+    _Flag("max-wals", "5", "int", "Maximum number of wal files to retain (0 = all)."),
+    _Flag(
+        "experimental-snapshot-catchup-entries",
+        "5000",
+        "int",
+        "Entries kept after a raft log compaction, for slow followers to catch up.",
+    ),
     _Flag("experimental-max-learners", "1", "int", "Maximum number of learners in the cluster."),
     _Flag("max-learners", "1", "int", "Maximum number of learners in the cluster (3.6 name)."),
     _Flag("unsafe-no-fsync", "false", "bool", "Disables fsync, unsafe."),
@@ -134,8 +142,6 @@ _FLAGS: tuple[_Flag, ...] = (
 _ACCEPTED_IGNORED: tuple[_Flag, ...] = tuple(
     _Flag(n, d, k, "Accepted for compatibility; not used by conch yet.")
     for n, d, k in (
-        ("max-snapshots", "5", "int"),
-        ("max-wals", "5", "int"),
         ("initial-election-tick-advance", "true", "bool"),
         ("backend-batch-interval", "", "str"),
         ("backend-batch-limit", "0", "int"),
@@ -206,6 +212,9 @@ class Config:
     # Whether --listen-peer-urls was given: a lone member only listens for peers if asked.
     listen_peer_urls_set: bool = False
     strict_reconfig_check: bool = True
+    max_snapshots: int = 5
+    max_wals: int = 5
+    snapshot_catchup_entries: int = 5000
     max_learners: int = 1
     warnings: list[str] = dataclasses.field(default_factory=list)
 
@@ -422,6 +431,9 @@ def _build(values: dict[str, str]) -> Config:
     kw["unsafe_no_fsync"] = as_bool("unsafe-no-fsync")
     kw["listen_peer_urls_set"] = "listen-peer-urls" in values
     kw["strict_reconfig_check"] = as_bool("strict-reconfig-check")
+    kw["max_snapshots"] = as_int("max-snapshots")
+    kw["max_wals"] = as_int("max-wals")
+    kw["snapshot_catchup_entries"] = as_int("experimental-snapshot-catchup-entries")
     kw["max_learners"] = as_int(
         "max-learners" if "max-learners" in values else "experimental-max-learners"
     )

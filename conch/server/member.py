@@ -47,22 +47,39 @@ from conch.proto.membershippb import membership_pb2
 from conch.proto.raftpb import raft_pb2
 from conch.raft import Config as RaftConfig
 from conch.raft import MemoryStorage, ProposalDropped, RawNode, Ready
-from conch.raft.codec import entry_from_pb, entry_to_pb, hard_state_from_pb, hard_state_to_pb
+from conch.raft.codec import (
+    conf_state_to_pb,
+    entry_from_pb,
+    entry_to_pb,
+    hard_state_from_pb,
+    hard_state_to_pb,
+)
 from conch.raft.types import (
     ConfChange,
     ConfChangeType,
     Entry,
     EntryType,
     Message,
+    MessageType,
+    Snapshot,
     StateType,
     conf_change_from_entry,
 )
+from conch.server import snap as snapfile
 from conch.server.apply import Applied, Applier
 from conch.server.config import Config, compute_member_id
 from conch.server.idgen import IdGenerator
 from conch.server.membership import MemberInfo, Membership
-from conch.wal import WAL, CorruptWALError, UnexpectedEOFError, repair
+from conch.wal import (
+    WAL,
+    CorruptWALError,
+    UnexpectedEOFError,
+    WalSnapshot,
+    repair,
+    valid_snapshot_entries,
+)
 from conch.wal import exists as wal_exists
+from conch.wal import purge as purge_wal
 
 log = logging.getLogger("conch.member")
 
@@ -110,12 +127,18 @@ class Member:
         self._read_inflight: tuple[bytes, float, list[asyncio.Future[None]]] | None = None
         self._read_apply_waiters: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._cc_waiters: dict[int, asyncio.Future[None]] = {}
         # Set when this member applied its own removal: the process should exit.
         self.removed = asyncio.Event()
         self.is_learner = False
         self._stopping = False
         self.applied_index = 0
+        self._snap_index = 0  # index of the newest raft snapshot (log compacted up to here)
+        # The last log index raft handed us to apply. The backend's consistent index can be
+        # ahead of it right after a snapshot install (the leader's copy was newer).
+        self._raft_applied = 0
+        self._incoming_snapshots: dict[int, str] = {}
         self.revision = 0
         self._size_in_use = 0
         self.lead = 0
@@ -131,13 +154,23 @@ class Member:
     def open(self) -> None:
         """Open storage: backend, WAL (created with the bootstrap membership if new), raft."""
         os.makedirs(self.cfg.member_dir, exist_ok=True)
+        wal_dir = self.cfg.wal_path
+        snap = None
+        if wal_exists(wal_dir):
+            try:
+                valid = [(w.index, w.term) for w in valid_snapshot_entries(wal_dir)]
+            except CorruptWALError as exc:
+                raise StartupError(
+                    f"WAL in {wal_dir} is corrupt before its tail, refusing to start: {exc}"
+                ) from exc
+            snap = snapfile.load_newest(self._snap_dir, valid)
+        self._recover_backend_from_snapshot(snap)
         self.backend = Backend(self.cfg.backend_path)
         self.store = KVStore(self.backend)
         self.lessor = Lessor(self.backend, self.store, min_ttl=self.cfg.min_lease_ttl)
         self.membership = Membership(self.backend)
         self.applier = Applier(self.backend, self.store, self.lessor, self.membership)
         self._storage = MemoryStorage()
-        wal_dir = self.cfg.wal_path
         if not wal_exists(wal_dir):
             if self.cfg.initial_cluster_state != "new":
                 raise StartupError(
@@ -146,7 +179,10 @@ class Member:
                 )
             self._wal = self._bootstrap(wal_dir)
         else:
-            self._wal, raw_meta, hard_pb, entries_pb = self._open_wal(wal_dir)
+            walsnap = WalSnapshot()
+            if snap is not None:
+                walsnap = WalSnapshot(snap.metadata.index, snap.metadata.term)
+            self._wal, raw_meta, hard_pb, entries_pb = self._open_wal(wal_dir, walsnap)
             got = etcdserver_pb2.Metadata.FromString(raw_meta)
             if got.ClusterID != self.cluster_id or got.NodeID != self.member_id:
                 raise StartupError(
@@ -155,6 +191,9 @@ class Member:
                     f"{self.cluster_id:x} (check --name, --initial-advertise-peer-urls, "
                     "--initial-cluster and --initial-cluster-token)"
                 )
+            if snap is not None:
+                self._storage.apply_snapshot(snap)
+                self._snap_index = self._raft_applied = snap.metadata.index
             entries = [entry_from_pb(e) for e in entries_pb]
             self._storage.append(entries)
             self._storage.set_hard_state(hard_state_from_pb(hard_pb))
@@ -165,10 +204,10 @@ class Member:
                 f"backend consistent index {ci} is ahead of the WAL's last index {last}: "
                 "the WAL lost entries the store had applied; refusing to start"
             )
-        # Raft re-emits every committed entry after the last snapshot (none yet, so from the
-        # start): the applier skips store changes at or below the consistent index, while
-        # membership changes are applied to raft again, which is how it learns the
-        # configuration back (etcd does the same).
+        # Raft re-emits every committed entry after the last snapshot: the applier skips
+        # store changes at or below the consistent index, while membership changes are
+        # applied to raft again, which is how it learns the configuration back on top of the
+        # snapshot's (etcd does the same).
         election_ticks = self.cfg.election_timeout_ms // self.cfg.heartbeat_interval_ms
         self.node = RawNode(
             RaftConfig(
@@ -180,6 +219,7 @@ class Member:
                 check_quorum=True,
                 max_size_per_msg=1 << 20,
                 max_inflight_msgs=512,
+                applied=self._snap_index,
             )
         )
         self.applied_index = ci
@@ -215,11 +255,37 @@ class Member:
         self._storage.set_hard_state(hard_state_from_pb(hard))
         return wal
 
+    @property
+    def _snap_dir(self) -> str:
+        return os.path.join(self.cfg.member_dir, "snap")
+
+    def _recover_backend_from_snapshot(self, snap: Snapshot | None) -> None:
+        """A crash while installing a snapshot from the leader leaves the received database
+        beside an older backend: install it now (etcd's RecoverSnapshotBackend)."""
+        if snap is None:
+            return
+        received = os.path.join(self._snap_dir, f"{snap.metadata.index:016x}.snap.db")
+        if not os.path.exists(received):
+            return
+        if os.path.exists(self.cfg.backend_path):
+            b = Backend(self.cfg.backend_path)
+            ci = b.consistent_index()
+            b.close()
+            if ci >= snap.metadata.index:
+                os.unlink(received)
+                return
+        log.warning("installing the snapshot database %s left by an interrupted install",
+                    received)
+        os.replace(received, self.cfg.backend_path)
+        lock = self.cfg.backend_path + "-lock"
+        if os.path.exists(lock):
+            os.unlink(lock)
+
     def _open_wal(
-        self, wal_dir: str
+        self, wal_dir: str, snap: WalSnapshot
     ) -> tuple[WAL, bytes, raft_pb2.HardState, list[raft_pb2.Entry]]:
         for attempt in (1, 2):
-            w = WAL.open(wal_dir)
+            w = WAL.open(wal_dir, snap)
             try:
                 meta, hard, entries = w.read_all()
                 return w, meta, hard, entries
@@ -258,6 +324,8 @@ class Member:
             asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
             asyncio.create_task(self._publish_attributes(), name="publish"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_fatal_if_failed)
 
     async def stop(self) -> None:
         if self._stopping:
@@ -288,6 +356,13 @@ class Member:
         self.node.step(m)
         self._wake.set()
 
+    def on_removed(self) -> None:
+        """A peer refused us as a removed member: we may never have seen our own removal
+        commit (the leader stops replicating to a removed member), so stop now."""
+        if not self.removed.is_set():
+            log.warning("the cluster says this member was removed; stopping")
+            self.removed.set()
+
     def report_unreachable(self, peer_id: int) -> None:
         self.node.report_unreachable(peer_id)
 
@@ -313,6 +388,11 @@ class Member:
             rd = node.ready()
             if rd.soft_state is not None:
                 self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
+            snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
+            if snap is not None:
+                # A snapshot from the leader: record it durably before the entries after it.
+                await loop.run_in_executor(self._disk, self._save_snapshot, snap)
+                self._storage.apply_snapshot(snap)
             if rd.entries or rd.hard_state is not None:
                 hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
                 ents = [entry_to_pb(e) for e in rd.entries]
@@ -329,12 +409,121 @@ class Member:
                 if rd.hard_state is not None:
                     self._storage.set_hard_state(rd.hard_state)
             if rd.messages and self.transport is not None:
-                self.transport.send(rd.messages)
+                self._send(rd.messages)
+            if snap is not None:
+                await self._install_snapshot(snap)
             if rd.committed_entries:
                 self._apply_entries(rd.committed_entries)
             if rd.read_states:
                 self._on_read_states(rd)
             node.advance()
+            if self._raft_applied - self._snap_index >= self.cfg.snapshot_count:
+                await self._snapshot()
+
+    # --- snapshots -----------------------------------------------------------------------
+    def _save_snapshot(self, snap: Snapshot) -> None:
+        """On the disk thread: the .snap file, then the WAL's record of it (etcd's order)."""
+        snapfile.save(self._snap_dir, snap)
+        cs = conf_state_to_pb(snap.metadata.conf_state)
+        self._wal.save_snapshot(WalSnapshot(snap.metadata.index, snap.metadata.term, cs))
+
+    async def _snapshot(self) -> None:
+        """Compact the raft log every --snapshot-count applied entries, keeping a tail of
+        --experimental-snapshot-catchup-entries for followers that are a little behind."""
+        loop = asyncio.get_running_loop()
+        index = self._raft_applied
+        # Everything up to `index` must be durable in the backend before the WAL may lose it.
+        await asyncio.to_thread(self.backend.sync)
+        cs = self.node.status().conf_state
+        snap = self._storage.create_snapshot(index, cs, b"")
+        await loop.run_in_executor(self._disk, self._save_snapshot, snap)
+        self._snap_index = index
+        compact_to = index - self.cfg.snapshot_catchup_entries
+        if compact_to > self._storage.first_index():
+            self._storage.compact(compact_to)
+        await loop.run_in_executor(self._disk, self._purge_files, compact_to)
+        log.info("raft snapshot at index %d; log compacted to %d", index, max(compact_to, 0))
+
+    def _purge_files(self, compacted_to: int) -> None:
+        if compacted_to > 0:
+            self._wal.release_lock_to(compacted_to)
+            purge_wal(self.cfg.wal_path, self.cfg.max_wals)
+        snapfile.purge(self._snap_dir, self.cfg.max_snapshots)
+
+    def _send(self, messages: list[Message]) -> None:
+        """Messages to peers; a MsgSnap travels with a copy of the backend, on its own."""
+        plain = [m for m in messages if m.type != MessageType.MsgSnap]
+        if plain:
+            self.transport.send(plain)
+        for m in messages:
+            if m.type == MessageType.MsgSnap:
+                task = asyncio.create_task(self._send_snapshot(m))
+                self._side_tasks.add(task)
+                task.add_done_callback(self._side_tasks.discard)
+
+    async def _send_snapshot(self, m: Message) -> None:
+        assert m.snapshot is not None
+        index = m.snapshot.metadata.index
+        path = os.path.join(self._snap_dir, f"send-{m.to:x}-{index:016x}.db")
+        ok = False
+        try:
+            if os.path.exists(path):
+                os.unlink(path)
+            async with self.maintenance_lock:
+                # A consistent copy whose applied index is at or past the snapshot's.
+                await asyncio.to_thread(self.backend.env.copy, path, True)
+            ok = await self.transport.send_snapshot(m.to, m, path)
+        except Exception:
+            log.exception("sending snapshot %d to %x failed", index, m.to)
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        self.node.report_snapshot(m.to, not ok)
+        self._wake.set()
+
+    async def on_snapshot(self, header: Any, path: str) -> None:
+        """The transport received a database with a MsgSnap: keep the file for when raft
+        hands the snapshot back in a Ready, then step the message."""
+        m: Message = header.message
+        assert m.snapshot is not None
+        index = m.snapshot.metadata.index
+        old = self._incoming_snapshots.pop(index, None)
+        if old is not None and old != path and os.path.exists(old):
+            os.unlink(old)
+        self._incoming_snapshots[index] = path
+        self.step(m)
+
+    async def _install_snapshot(self, snap: Snapshot) -> None:
+        """Replace the backend with the database that came with the snapshot and rebuild
+        everything held in memory from it."""
+        index = snap.metadata.index
+        path = self._incoming_snapshots.pop(index, None)
+        if path is None or not os.path.exists(path):
+            log.error("snapshot %d arrived without its database; cannot install it", index)
+            os._exit(1)
+        async with self.maintenance_lock:
+            self.backend.swap_in(path)
+        self.lessor.recover(time.monotonic())
+        self.membership = Membership(self.backend)
+        self.applier.reload(self.membership)
+        me = self.membership.members.get(self.member_id)
+        self.is_learner = me is not None and me.is_learner
+        self.applied_index = max(index, self.backend.consistent_index())
+        self._snap_index = self._raft_applied = index
+        self.revision = self.store.current_revision()
+        self._size_in_use = self.backend.size_in_use()
+        if self.transport is not None:
+            for m in self.membership.sorted():
+                if m.id != self.member_id:
+                    self.transport.add_peer(m.id, m.peer_urls)
+        self.hub.restored()
+        for stale in list(self._incoming_snapshots):
+            if stale <= index:
+                p = self._incoming_snapshots.pop(stale)
+                if os.path.exists(p):
+                    os.unlink(p)
+        log.info("installed snapshot %d from the leader (applied index %d, revision %d)",
+                 index, self.applied_index, self.revision)
 
     def _drain_ready(self) -> None:
         """Apply what the WAL already holds as committed (start-up, before any I/O)."""
@@ -380,6 +569,7 @@ class Member:
         self.metrics.proposals_pending = len(self._waiters)
 
     def _apply_entries(self, entries: list[Entry]) -> None:
+        self._raft_applied = entries[-1].index
         normal: list[tuple[int, bytes]] = []
         for e in entries:
             if e.type == EntryType.EntryNormal:
@@ -707,6 +897,16 @@ class Member:
             tmp = await asyncio.to_thread(self.backend.copy_compacted)
             self.backend.swap_in(tmp)
             self._size_in_use = self.backend.size_in_use()
+
+
+def _fatal_if_failed(task: asyncio.Task[None]) -> None:
+    """A member whose raft loop (or ticker) died must not keep serving as if it were fine."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.critical("task %s failed; stopping the member", task.get_name(), exc_info=exc)
+        os._exit(1)
 
 
 class _Counters:

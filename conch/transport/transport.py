@@ -539,6 +539,7 @@ class Transport:
         on_snapshot: Callable[[SnapshotHeader, str], Awaitable[None]],
         on_unreachable: Callable[[int], None],
         logger: logging.Logger | None = None,
+        on_removed: Callable[[], None] | None = None,
         unreachable_after: float = 0.5,
         dial_timeout: float = 1.0,
         backoff_base: float = 0.05,
@@ -557,6 +558,9 @@ class Transport:
         self._on_message = on_message
         self._on_snapshot = on_snapshot
         self._on_unreachable = on_unreachable
+        # Called when a peer refuses us because we were removed from the cluster (etcd's
+        # peers answer such a member with "410 Gone", and it stops itself).
+        self._on_removed = on_removed
         self._log = logger or logging.getLogger("conch.transport")
         self._unreachable_after = unreachable_after
         self._dial_timeout = dial_timeout
@@ -796,6 +800,8 @@ class Transport:
             except _Rejected as r:
                 self._note_failure(p, f"member {p.id:x} at {url} rejected our connection: "
                                    + self._rejection_text(p, r.reply), logging.ERROR)
+                if r.reply.status == Status.REMOVED and self._on_removed is not None:
+                    self._on_removed()
                 await asyncio.sleep(backoff.next())
                 continue
             except (OSError, TimeoutError, WireError) as e:

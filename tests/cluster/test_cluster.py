@@ -56,8 +56,11 @@ def _leader(cluster: Cluster, among=None):
 
 def test_three_members_from_env_files(cluster):
     eps = ",".join(cluster.endpoints)
-    listed = json.loads(etcdctl(cluster.members[0], "member", "list", "-w", "json").stdout)
-    assert sorted(m["name"] for m in listed["members"]) == [
+    def names():
+        listed = json.loads(etcdctl(cluster.members[0], "member", "list", "-w", "json").stdout)
+        got = sorted(m.get("name", "") for m in listed["members"])
+        return got if all(got) else None
+    assert poll(names, 10, "published member names") == [
         "instance01", "instance02", "instance03"]
     out = etcdctl(eps, "endpoint", "status", "--cluster", "-w", "json")
     assert out.returncode == 0, out.stderr
@@ -208,8 +211,10 @@ def test_member_remove_update_and_move_leader(cluster):
     leader = poll(lambda: _leader(cluster), 10, "a leader")
     followers = [m for m in cluster.members if m is not leader]
     with connect(leader.endpoint) as s:
-        ids = {m.name: m.ID for m in s.cluster.MemberList(rpc_pb2.MemberListRequest(),
-                                                          timeout=5).members}
+        def published():  # names appear once each member published its attributes
+            ms = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=5).members
+            return {m.name: m.ID for m in ms} if all(m.name for m in ms) else None
+        ids = poll(published, 10, "every member's name")
         # MoveLeader to a follower, then it must be sent to the new leader.
         target = followers[0]
         s.maintenance.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=ids[target.name]),
@@ -240,7 +245,7 @@ def test_member_remove_update_and_move_leader(cluster):
         except grpc.RpcError as e:
             assert (e.code(), e.details()) == (grpc.StatusCode.NOT_FOUND,
                                                "etcdserver: member not found")
-    # poll(lambda: not victim.is_running(), 15, "the removed member to exit")
+    poll(lambda: not victim.is_running(), 15, "the removed member to exit")
     with connect(leader.endpoint) as s:
         got = s.kv.Range(rpc_pb2.RangeRequest(key=b"after-remove"), timeout=5)
         assert got.kvs[0].value == b"ok"
@@ -253,3 +258,49 @@ def test_member_remove_update_and_move_leader(cluster):
         listed = {m.name: list(m.peerURLs)
                   for m in s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=5).members}
     assert listed[leader.name] == [new_url]
+
+
+def test_stopped_follower_catches_up_by_snapshot(tmp_path):
+    # Compact the raft log every 50 entries, keeping 10: a follower that misses a few
+    # hundred writes can only catch up from a snapshot of the leader's backend.
+    c = Cluster(tmp_path, 3, extra_env={"ETCD_SNAPSHOT_COUNT": "50",
+                                        "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES": "10"})
+    try:
+        c.start()
+        leader = poll(lambda: _leader(c), 10, "a leader")
+        lagging = next(m for m in c.members if m is not leader)
+        with connect(lagging.endpoint) as s:
+            s.kv.Put(rpc_pb2.PutRequest(key=b"before", value=b"stop"), timeout=5)
+        lagging.kill(signal.SIGKILL)
+        with connect(leader.endpoint) as s:
+            for i in range(300):
+                s.kv.Put(rpc_pb2.PutRequest(key=b"snap/%04d" % i, value=b"v%d" % i), timeout=5)
+            s.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"before"), timeout=5)
+            lease = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=600), timeout=5)
+        lagging.start()
+        rev = poll(lambda: _converged(c), 60, "the restarted follower to catch up")
+        assert "installed snapshot" in lagging.log_tail(400)
+        with connect(lagging.endpoint) as s:
+            got = s.kv.Range(rpc_pb2.RangeRequest(key=b"snap/", range_end=b"snap0",
+                                                  serializable=True), timeout=5)
+            assert got.count == 300 and got.header.revision == rev
+            assert s.kv.Range(rpc_pb2.RangeRequest(key=b"before", serializable=True),
+                              timeout=5).count == 0
+            leases = s.lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=5).leases
+            assert lease.ID in [le.ID for le in leases]
+            # It keeps following after the snapshot.
+        with connect(leader.endpoint) as s:
+            s.kv.Put(rpc_pb2.PutRequest(key=b"after", value=b"snapshot"), timeout=5)
+        with connect(lagging.endpoint) as s:
+            assert s.kv.Range(rpc_pb2.RangeRequest(key=b"after"), timeout=5).kvs[0].value == (
+                b"snapshot")
+        # And a full restart of everyone recovers from the snapshots and the WAL tails.
+        for m in c.members:
+            m.kill(signal.SIGKILL)
+        for m in c.members:
+            m.spawn()
+        for m in c.members:
+            m.wait_ready()
+        assert poll(lambda: _converged(c), 30, "convergence after a full restart") >= rev
+    finally:
+        c.close()
