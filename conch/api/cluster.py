@@ -149,12 +149,12 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
             if is_forwarded(context):
                 raise err(ErrNotLeader)
             try:
-                await self._leader.cluster().MemberPromote(
-                    request, metadata=(FORWARDED,), timeout=10
-                )
+                stub = await self._leader.cluster()
+                resp = await stub.MemberPromote(request, metadata=(FORWARDED,), timeout=10)
             except grpc.aio.AioRpcError as exc:
                 raise EtcdError(exc.code(), exc.details() or "") from None
-            return rpc_pb2.MemberPromoteResponse(header=self._header(), members=self._members())
+            # The leader's view: this member may not have applied the change yet.
+            return rpc_pb2.MemberPromoteResponse(header=self._header(), members=resp.members)
         if not m.learner_ready(request.ID):
             raise err(ErrLearnerNotReady)
         info = MemberInfo(request.ID, target.peer_urls, target.name, target.client_urls, False)

@@ -7,6 +7,7 @@ member that is no longer leader answers "not leader" instead of forwarding again
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from conch.server.member import Member
 
 FORWARDED = ("conch-forwarded", "1")
+_PUBLISH_WAIT_STEPS = 40
+_PUBLISH_WAIT_STEP_S = 0.05
 
 
 def is_forwarded(context: grpc.aio.ServicerContext) -> bool:
@@ -33,7 +36,7 @@ class LeaderChannel:
         self._lead = 0
         self._channel: grpc.aio.Channel | None = None
 
-    def _target(self) -> grpc.aio.Channel:
+    async def _target(self) -> grpc.aio.Channel:
         m = self._m
         lead = m.lead
         if not lead:
@@ -42,8 +45,14 @@ class LeaderChannel:
             raise err(ErrNotLeader)  # callers handle the leader case locally
         if lead != self._lead or self._channel is None:
             info = m.membership.members.get(lead)
+            # Right after start the leader may not have published its client URLs yet.
+            for _ in range(_PUBLISH_WAIT_STEPS):
+                if info is not None and info.client_urls:
+                    break
+                await asyncio.sleep(_PUBLISH_WAIT_STEP_S)
+                info = m.membership.members.get(lead)
             if info is None or not info.client_urls:
-                raise err(ErrNoLeader)  # not published yet: the client retries
+                raise err(ErrNoLeader)
             if self._channel is not None:
                 old = self._channel
                 self._channel = None
@@ -53,11 +62,11 @@ class LeaderChannel:
             self._lead = lead
         return self._channel
 
-    def lease(self) -> rpc_pb2_grpc.LeaseStub:
-        return rpc_pb2_grpc.LeaseStub(self._target())
+    async def lease(self) -> rpc_pb2_grpc.LeaseStub:
+        return rpc_pb2_grpc.LeaseStub(await self._target())
 
-    def cluster(self) -> rpc_pb2_grpc.ClusterStub:
-        return rpc_pb2_grpc.ClusterStub(self._target())
+    async def cluster(self) -> rpc_pb2_grpc.ClusterStub:
+        return rpc_pb2_grpc.ClusterStub(await self._target())
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -66,6 +75,4 @@ class LeaderChannel:
 
 
 def _close_later(channel: grpc.aio.Channel) -> None:
-    import asyncio
-
     asyncio.get_running_loop().create_task(channel.close())

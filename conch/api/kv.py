@@ -49,6 +49,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         m = self._m
         check_range(request)
         if not request.serializable:
+            m.check_not_learner()
             await m.read_barrier()
         resp = m.store.range(request)
         m.fill_header(resp.header)
@@ -60,6 +61,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.PutResponse:
         m = self._m
+        m.check_not_learner()
         check_put(request)
         await m.check_space()
         resp: rpc_pb2.PutResponse = await m.propose_request("put", request)
@@ -71,6 +73,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DeleteRangeResponse:
         m = self._m
+        m.check_not_learner()
         check_delete_range(request)
         resp: rpc_pb2.DeleteRangeResponse = await m.propose_request("delete_range", request)
         m.metrics.delete_total += 1
@@ -81,6 +84,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.TxnResponse:
         m = self._m
+        m.check_not_learner()
         check_txn(request, m.cfg.max_txn_ops)
         m.metrics.txn_total += 1
         if txn_is_read_only(request):

@@ -70,7 +70,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                     if upstream is None or upstream_lead != m.lead:
                         if upstream is not None:
                             upstream.cancel()
-                        upstream = self._leader.lease().LeaseKeepAlive(metadata=(FORWARDED,))
+                        stub = await self._leader.lease()
+                        upstream = stub.LeaseKeepAlive(metadata=(FORWARDED,))
                         upstream_lead = m.lead
                     await upstream.write(req)
                     resp = await upstream.read()
@@ -97,7 +98,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             if is_forwarded(context):
                 raise err(ErrNotLeader)
             try:
-                stub = self._leader.lease()
+                stub = await self._leader.lease()
                 resp: rpc_pb2.LeaseTimeToLiveResponse = await stub.LeaseTimeToLive(
                     request, metadata=(FORWARDED,), timeout=5
                 )

@@ -47,7 +47,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             raftAppliedIndex=m.applied_index,
             errors=[_alarm_text(mid, a) for mid, a in sorted(m.applier.alarms)],
             dbSizeInUse=m.backend.size_in_use(),
-            isLearner=False,
+            isLearner=m.is_learner,
         )
 
     @unary

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import grpc
@@ -15,6 +16,10 @@ import grpc
 from conch import ETCD_COMPAT_VERSION, __version__
 from conch.server import config as config_mod
 from conch.server.config import Config, ConfigError
+from conch.wal import exists as wal_exists
+
+if TYPE_CHECKING:
+    from conch.server.member import JoinInfo
 
 log = logging.getLogger("conch")
 
@@ -53,7 +58,10 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     from conch.proto.etcdserverpb import rpc_pb2_grpc
     from conch.server.member import Member
 
-    member = Member(cfg)
+    join = None
+    if cfg.initial_cluster_state == "existing" and not wal_exists(cfg.wal_path):
+        join = await _fetch_join_info(cfg)
+    member = Member(cfg, join)
     await asyncio.to_thread(member.open)
     transport = None
     if cfg.listen_peer_urls_set or len(member.membership.members) > 1:
@@ -71,6 +79,7 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
             on_snapshot=member.on_snapshot,
             on_unreachable=member.report_unreachable,
             on_removed=member.on_removed,
+            members_info=member.members_info,
         )
         await transport.start()
     await member.start(transport)
@@ -133,6 +142,41 @@ async def serve(cfg: Config, ready: asyncio.Event | None = None) -> int:
     await server.stop(grace=1.0)
     await member.stop()
     return got[0] if got else 0
+
+
+async def _fetch_join_info(cfg: Config) -> JoinInfo:
+    """Ask the members listed in --initial-cluster for the cluster ID and for the ID that
+    `member add` gave this member's peer URLs (etcd's GET /members on a peer URL)."""
+    import json
+
+    from conch.server.member import JoinInfo
+    from conch.server.membership import MemberInfo
+    from conch.transport import fetch_members
+
+    mine = set(cfg.initial_advertise_peer_urls)
+    urls = [u for us in cfg.initial_cluster_map().values() for u in us if u not in mine]
+    if not urls:
+        raise ConfigError("--initial-cluster-state existing needs other members in "
+                          "--initial-cluster")
+    deadline = asyncio.get_running_loop().time() + 10.0
+    last = "no member answered"
+    while asyncio.get_running_loop().time() < deadline:
+        for url in urls:
+            try:
+                cluster_id, _, raw = await fetch_members(url)
+            except (OSError, TimeoutError, Exception) as exc:  # try the next member
+                last = f"{url}: {exc}"
+                continue
+            members = [MemberInfo.from_json(json.dumps(d).encode()) for d in json.loads(raw)]
+            for m in members:
+                if set(m.peer_urls) == mine:
+                    return JoinInfo(cluster_id, m.id, members)
+            raise ConfigError(
+                f"this member's peer URLs {sorted(mine)} are not in the cluster's member list "
+                "(add it first with `etcdctl member add`)"
+            )
+        await asyncio.sleep(0.5)
+    raise ConfigError(f"could not get the member list of the cluster to join ({last})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

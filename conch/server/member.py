@@ -23,6 +23,7 @@ import logging
 import os
 import struct
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from conch import ETCD_COMPAT_VERSION
@@ -30,6 +31,7 @@ from conch.backend import Backend
 from conch.errors import (
     ErrNoLeader,
     ErrNoSpace,
+    ErrNotSupportedForLearner,
     ErrRequestTooLarge,
     ErrStopped,
     ErrTimeout,
@@ -98,11 +100,21 @@ class StartupError(Exception):
     """The member refuses to start; the message says why."""
 
 
+@dataclass
+class JoinInfo:
+    """What an existing cluster told a member joining it (--initial-cluster-state existing)."""
+
+    cluster_id: int
+    member_id: int
+    members: list[MemberInfo]
+
+
 class Member:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, join: JoinInfo | None = None) -> None:
         self.cfg = cfg
-        self.member_id = cfg.member_id()
-        self.cluster_id = cfg.cluster_id()
+        self._join = join
+        self.member_id = join.member_id if join else cfg.member_id()
+        self.cluster_id = join.cluster_id if join else cfg.cluster_id()
         self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
         self.backend: Backend
         self.store: KVStore
@@ -172,25 +184,31 @@ class Member:
         self.applier = Applier(self.backend, self.store, self.lessor, self.membership)
         self._storage = MemoryStorage()
         if not wal_exists(wal_dir):
-            if self.cfg.initial_cluster_state != "new":
-                raise StartupError(
-                    "joining an existing cluster (--initial-cluster-state existing) is not "
-                    "supported yet"
-                )
-            self._wal = self._bootstrap(wal_dir)
+            if self._join is not None:
+                # Joining: an empty log; the leader sends everything (entries or a snapshot).
+                meta = etcdserver_pb2.Metadata(NodeID=self.member_id, ClusterID=self.cluster_id)
+                self._wal = WAL.create(wal_dir, meta.SerializeToString())
+            elif self.cfg.initial_cluster_state != "new":
+                raise StartupError("--initial-cluster-state existing needs the cluster to join")
+            else:
+                self._wal = self._bootstrap(wal_dir)
         else:
             walsnap = WalSnapshot()
             if snap is not None:
                 walsnap = WalSnapshot(snap.metadata.index, snap.metadata.term)
             self._wal, raw_meta, hard_pb, entries_pb = self._open_wal(wal_dir, walsnap)
             got = etcdserver_pb2.Metadata.FromString(raw_meta)
+            # As in etcd, after the first start the data dir says who this member is; the
+            # --initial-cluster* flags no longer matter (peers refuse a wrong cluster ID).
             if got.ClusterID != self.cluster_id or got.NodeID != self.member_id:
-                raise StartupError(
-                    f"data dir {self.cfg.data_dir} belongs to member {got.NodeID:x} of cluster "
-                    f"{got.ClusterID:x}, not member {self.member_id:x} of cluster "
-                    f"{self.cluster_id:x} (check --name, --initial-advertise-peer-urls, "
-                    "--initial-cluster and --initial-cluster-token)"
+                log.info(
+                    "data dir %s belongs to member %x of cluster %x (the --initial-cluster "
+                    "flags would give %x of %x); using the data dir's",
+                    self.cfg.data_dir, got.NodeID, got.ClusterID, self.member_id,
+                    self.cluster_id,
                 )
+                self.member_id, self.cluster_id = got.NodeID, got.ClusterID
+                self.ids = IdGenerator(self.member_id, int(time.time() * 1000))
             if snap is not None:
                 self._storage.apply_snapshot(snap)
                 self._snap_index = self._raft_applied = snap.metadata.index
@@ -315,7 +333,10 @@ class Member:
             for _ in range(max(0, self.node.raft.election_timeout - 2)):
                 self.node.tick()
         if transport is not None:
-            for m in self.membership.sorted():
+            known = self.membership.sorted()
+            if not known and self._join is not None:
+                known = self._join.members
+            for m in known:
                 if m.id != self.member_id:
                     transport.add_peer(m.id, m.peer_urls)
         self._tasks = [
@@ -362,6 +383,10 @@ class Member:
         if not self.removed.is_set():
             log.warning("the cluster says this member was removed; stopping")
             self.removed.set()
+
+    def members_info(self) -> bytes:
+        """The member list as etcd's JSON array, for members joining (transport query)."""
+        return b"[" + b",".join(m.to_json() for m in self.membership.sorted()) + b"]"
 
     def report_unreachable(self, peer_id: int) -> None:
         self.node.report_unreachable(peer_id)
@@ -744,6 +769,12 @@ class Member:
                 fut.set_exception(
                     err(ErrTimeoutDueToLeaderFail if self.leader_changes > 1 else ErrTimeout)
                 )
+
+    def check_not_learner(self) -> None:
+        """A learner serves only Status and serializable Range (etcd's
+        isRPCSupportedForLearner)."""
+        if self.is_learner:
+            raise err(ErrNotSupportedForLearner)
 
     async def check_space(self) -> None:
         """Writes fail with NOSPACE while the alarm is active (etcd's quota check). Crossing

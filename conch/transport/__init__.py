@@ -68,6 +68,6 @@ messages), ``conch_network_peer_{sent,received}_messages_total``,
 ``etcd_network_snapshot_{send,receive}_{success,failures}``, ``conch_network_peer_active``.
 """
 
-from conch.transport.transport import SnapshotHeader, Transport, parse_peer_url
+from conch.transport.transport import SnapshotHeader, Transport, fetch_members, parse_peer_url
 
-__all__ = ["SnapshotHeader", "Transport", "parse_peer_url"]
+__all__ = ["SnapshotHeader", "Transport", "fetch_members", "parse_peer_url"]

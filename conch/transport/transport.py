@@ -294,6 +294,12 @@ class _Inbound(asyncio.Protocol):
             hs, cluster_id=owner.cluster_id, member_id=owner.member_id,
             is_removed=hs.from_id in owner._removed, is_known=hs.from_id in owner._peers)
         transport.write(reply.encode())
+        if reply.ok and hs.kind == ConnKind.MEMBERS:
+            info = owner._members_info() if owner._members_info is not None else b"[]"
+            transport.write(wire.frame(FrameType.MEMBERS, info))
+            self.state = _CLOSED
+            transport.close()
+            return
         if not reply.ok:
             self.state = _CLOSED
             owner._log_rejection(
@@ -540,6 +546,7 @@ class Transport:
         on_unreachable: Callable[[int], None],
         logger: logging.Logger | None = None,
         on_removed: Callable[[], None] | None = None,
+        members_info: Callable[[], bytes] | None = None,
         unreachable_after: float = 0.5,
         dial_timeout: float = 1.0,
         backoff_base: float = 0.05,
@@ -561,6 +568,7 @@ class Transport:
         # Called when a peer refuses us because we were removed from the cluster (etcd's
         # peers answer such a member with "410 Gone", and it stops itself).
         self._on_removed = on_removed
+        self._members_info = members_info
         self._log = logger or logging.getLogger("conch.transport")
         self._unreachable_after = unreachable_after
         self._dial_timeout = dial_timeout
@@ -974,3 +982,31 @@ class Transport:
         out["conch_network_peer_active"] = {
             f"{pid:x}": int(p.link.up) for pid, p in self._peers.items()}
         return out
+
+
+async def fetch_members(url: str, timeout: float = 2.0) -> tuple[int, int, bytes]:
+    """Ask the member listening at peer URL `url` for (its cluster ID, its member ID, the
+    member list as a JSON array). Used by a member joining an existing cluster."""
+    host, port = parse_peer_url(url)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    try:
+        writer.write(Handshake(ConnKind.MEMBERS, 0, 0, 0).encode())
+        await writer.drain()
+        frames: list[tuple[int, bytes]] = []
+        for _ in range(2):
+            head = await asyncio.wait_for(reader.readexactly(wire.HEADER_SIZE), timeout)
+            length, ftype = wire.HEADER.unpack(head)
+            if length > MAX_FRAME:
+                raise wire.WireError("members frame too large")
+            frames.append((ftype, await asyncio.wait_for(reader.readexactly(length), timeout)))
+            if ftype == FrameType.HANDSHAKE_REPLY:
+                reply = HandshakeReply.decode(ftype, frames[-1][1])
+                if not reply.ok:
+                    raise wire.WireError(reply.reason or f"refused with status {reply.status}")
+        (rt, rp), (mt, mp) = frames
+        reply = HandshakeReply.decode(rt, rp)
+        if mt != FrameType.MEMBERS:
+            raise wire.WireError("expected a MEMBERS frame")
+        return reply.cluster_id, reply.member_id, mp
+    finally:
+        writer.close()

@@ -40,11 +40,15 @@ class FrameType(enum.IntEnum):
     SNAP_CHUNK = 5
     SNAP_TRAILER = 6
     SNAP_ACK = 7
+    MEMBERS = 8
 
 
 class ConnKind(enum.IntEnum):
     STREAM = 1
     SNAPSHOT = 2
+    #: a member joining an existing cluster asks for the cluster ID and the member list
+    #: (etcd's GET /members on the peer URL); the listener answers with one MEMBERS frame.
+    MEMBERS = 3
 
 
 class WireError(Exception):
@@ -180,8 +184,10 @@ def check_handshake(hs: Handshake, *, cluster_id: int, member_id: int,
     if hs.version != PROTOCOL_VERSION:
         return reply(Status.VERSION_MISMATCH,
                      f"protocol version mismatch (local {PROTOCOL_VERSION}, remote {hs.version})")
-    if hs.kind not in (ConnKind.STREAM, ConnKind.SNAPSHOT):
+    if hs.kind not in (ConnKind.STREAM, ConnKind.SNAPSHOT, ConnKind.MEMBERS):
         return reply(Status.BAD_HANDSHAKE, f"unknown connection kind {hs.kind}")
+    if hs.kind == ConnKind.MEMBERS:
+        return reply(Status.OK, "")  # the asker cannot know the IDs yet; nothing is trusted
     if hs.cluster_id != cluster_id:
         return reply(Status.CLUSTER_MISMATCH,
                      f"cluster ID mismatch (local {cluster_id:x}, remote {hs.cluster_id:x})")

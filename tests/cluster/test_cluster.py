@@ -304,3 +304,82 @@ def test_stopped_follower_catches_up_by_snapshot(tmp_path):
         assert poll(lambda: _converged(c), 30, "convergence after a full restart") >= rev
     finally:
         c.close()
+
+
+def test_learner_joins_catches_up_is_promoted_and_old_member_removed(cluster, tmp_path):
+    from tests.cluster.harness import EnvFileMember, read_env_file, write_env_file
+    from tests.harness import free_port
+
+    leader = poll(lambda: _leader(cluster), 10, "a leader")
+    load = _Load(cluster.endpoints, writers=2)
+    poll(lambda: load.count() >= 100, 30, "writes before the join")
+    # 1. `member add --learner` with the new member's peer URL.
+    client_port, peer_port = free_port(), free_port()
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    with connect(leader.endpoint) as s:
+        added = s.cluster.MemberAdd(rpc_pb2.MemberAddRequest(peerURLs=[peer_url],
+                                                             isLearner=True), timeout=15)
+        assert added.member.isLearner and not added.member.name
+        new_id = added.member.ID
+        # A second learner is refused (--experimental-max-learners 1).
+        try:
+            s.cluster.MemberAdd(rpc_pb2.MemberAddRequest(
+                peerURLs=[f"http://127.0.0.1:{free_port()}"], isLearner=True), timeout=5)
+            raise AssertionError("a second learner was accepted")
+        except grpc.RpcError as e:
+            assert e.details() == "etcdserver: too many learner members in cluster"
+    # 2. Start it with --initial-cluster-state existing (env file, like the others).
+    base = read_env_file(cluster.members[0].env_file)
+    d = tmp_path / "instance04"
+    d.mkdir()
+    conf = d / "etcd.conf"
+    write_env_file(conf, {
+        **base,
+        "ETCD_NAME": "instance04",
+        "ETCD_DATA_DIR": str(d / "data"),
+        "ETCD_LISTEN_CLIENT_URLS": f"http://127.0.0.1:{client_port}",
+        "ETCD_ADVERTISE_CLIENT_URLS": f"http://127.0.0.1:{client_port}",
+        "ETCD_LISTEN_PEER_URLS": peer_url,
+        "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer_url,
+        "ETCD_INITIAL_CLUSTER": base["ETCD_INITIAL_CLUSTER"] + f",instance04={peer_url}",
+        "ETCD_INITIAL_CLUSTER_STATE": "existing",
+    })
+    newcomer = EnvFileMember("instance04", d, env_file=conf, client_port=client_port,
+                             peer_port=peer_port)
+    try:
+        newcomer.spawn()
+
+        def caught_up():
+            st = _status(newcomer.endpoint)
+            lead = _status(leader.endpoint)
+            return st is not None and lead is not None and st.isLearner and (
+                st.raftAppliedIndex >= lead.raftAppliedIndex - 5)
+        poll(caught_up, 30, "the learner to catch up")
+        # 3. Promote it, then remove an old follower: the cluster keeps serving throughout.
+        with connect(leader.endpoint) as s:
+            promoted = poll(lambda: _try(lambda: s.cluster.MemberPromote(
+                rpc_pb2.MemberPromoteRequest(ID=new_id), timeout=10)), 20, "promotion")
+            assert not [m for m in promoted.members if m.ID == new_id][0].isLearner
+            old = next(m for m in cluster.members if m is not leader)
+            old_id = _status(old.endpoint).header.member_id
+            s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=old_id), timeout=15)
+        poll(lambda: not old.is_running(), 15, "the removed member to stop")
+        before = load.count()
+        poll(lambda: load.count() >= before + 100, 30, "writes after the membership changes")
+        acked = load.stop()
+        with connect(newcomer.endpoint) as s:
+            got = s.kv.Range(rpc_pb2.RangeRequest(key=b"load/", range_end=b"load0"), timeout=10)
+            have = {kv.key: kv.value for kv in got.kvs}
+            assert all(have.get(k) == v for k, v in acked.items())
+            members = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=5).members
+            assert len(members) == 3 and new_id in [m.ID for m in members]
+    finally:
+        load.stop()
+        newcomer.close()
+
+
+def _try(fn):
+    try:
+        return fn()
+    except grpc.RpcError:
+        return None
