@@ -61,6 +61,19 @@ def _parse_duration_s(value: str) -> float:
     return total
 
 
+def periodic_retention_s(retention: str) -> float:
+    """etcd: a bare number is hours; otherwise a Go duration."""
+    try:
+        return float(int(retention)) * 3600.0
+    except ValueError:
+        pass
+    try:
+        return _parse_duration_s(retention)
+    except ValueError as exc:
+        raise ConfigError(f"invalid auto-compaction-retention {retention!r}: {exc}") from exc
+
+
+
 @dataclasses.dataclass(frozen=True)
 class _Flag:
     name: str
@@ -470,6 +483,16 @@ def _validate(cfg: Config, values: dict[str, str]) -> None:
             f"unknown auto-compaction-mode {cfg.auto_compaction_mode!r} "
             "(expected 'periodic' or 'revision')"
         )
+    if cfg.auto_compaction_mode == "periodic":
+        periodic_retention_s(cfg.auto_compaction_retention)
+    else:
+        try:
+            int(cfg.auto_compaction_retention)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid auto-compaction-retention {cfg.auto_compaction_retention!r} "
+                "for revision mode (expected an integer)"
+            ) from exc
     # etcd: setting --listen-client-urls requires --advertise-client-urls too.
     if "listen-client-urls" in values and "advertise-client-urls" not in values:
         raise ConfigError(

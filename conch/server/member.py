@@ -69,6 +69,7 @@ from conch.raft.types import (
 )
 from conch.server import snap as snapfile
 from conch.server.apply import Applied, Applier
+from conch.server.compactor import Compactor
 from conch.server.config import Config, compute_member_id
 from conch.server.idgen import IdGenerator
 from conch.server.membership import MemberInfo, Membership
@@ -345,6 +346,15 @@ class Member:
             asyncio.create_task(self._lease_expiry_loop(), name="lease-expiry"),
             asyncio.create_task(self._publish_attributes(), name="publish"),
         ]
+        compactor = Compactor(
+            self.cfg.auto_compaction_mode,
+            self.cfg.auto_compaction_retention,
+            is_leader=lambda: self.is_leader,
+            revisions=lambda: (self.revision, self.store.compact_revision()),
+            compact=self._auto_compact,
+        )
+        if compactor.enabled:
+            self._tasks.append(asyncio.create_task(compactor.run(), name="compactor"))
         for task in self._tasks:
             task.add_done_callback(_fatal_if_failed)
 
@@ -815,6 +825,11 @@ class Member:
             except EtcdError:
                 await asyncio.sleep(self.cfg.heartbeat_interval_ms / 1000.0)
             me = self.membership.members.get(self.member_id)
+
+    async def _auto_compact(self, rev: int) -> None:
+        await self.propose_wait(
+            InternalRaftRequest(compaction=rpc_pb2.CompactionRequest(revision=rev))
+        )
 
     # --- reads -------------------------------------------------------------------------
     async def read_barrier(self) -> None:

@@ -9,6 +9,8 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
+
 from conch.proto.etcdserverpb import rpc_pb2
 from tests.grpc_stubs import connect
 from tests.harness import free_port
@@ -181,3 +183,20 @@ def test_quota_raises_nospace_alarm(server_factory):
     srv.start()  # the alarm state is persisted: still clear after a restart
     with connect(srv.endpoint) as s:
         s.kv.Put(rpc_pb2.PutRequest(key=b"after2", value=b"ok"), timeout=10)
+
+
+def test_periodic_auto_compaction(server_factory):
+    srv = server_factory("conch", extra_args=["--auto-compaction-mode", "periodic",
+                                              "--auto-compaction-retention", "1s"])
+    with connect(srv.endpoint) as s:
+        s.kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"1"), timeout=10)
+        s.kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"2"), timeout=10)
+
+        def compacted():
+            try:
+                s.kv.Range(rpc_pb2.RangeRequest(key=b"a", revision=2), timeout=10)
+                return False
+            except grpc.RpcError as e:
+                return e.details() == "etcdserver: mvcc: required revision has been compacted"
+        poll(compacted, 15, "the periodic compactor")
+        assert s.kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=10).kvs[0].value == b"2"
