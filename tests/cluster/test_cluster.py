@@ -383,3 +383,46 @@ def _try(fn):
         return fn()
     except grpc.RpcError:
         return None
+
+
+def _rewrite_env(member, **changes):
+    from tests.cluster.harness import read_env_file, write_env_file
+
+    env = read_env_file(member.env_file)
+    env.update(changes)
+    write_env_file(member.env_file, env)
+
+
+def test_wrong_token_and_foreign_data_are_refused_by_peers(cluster, tmp_path):
+    import shutil
+
+    poll(lambda: _leader(cluster), 10, "a leader")
+    odd = cluster.members[2]
+    others = cluster.members[:2]
+    # 1. A fresh data dir with the wrong --initial-cluster-token: another cluster ID.
+    odd.stop()
+    shutil.rmtree(odd.base_dir / "data")
+    _rewrite_env(odd, ETCD_INITIAL_CLUSTER_TOKEN="not-the-right-token")
+    odd.spawn()
+    poll(lambda: "cluster ID mismatch" in odd.log_tail(50), 20, "the refusal, seen by the odd one")
+    poll(lambda: any("rejected connection from member" in m.log_tail(80)
+                     and "cluster ID mismatch" in m.log_tail(80) for m in others),
+         20, "the refusal, logged by a peer")
+    with connect(others[0].endpoint) as s:  # the two good members still serve
+        s.kv.Put(rpc_pb2.PutRequest(key=b"still", value=b"serving"), timeout=10)
+    odd.stop()
+    # 2. Another cluster's data directory under the right configuration.
+    from tests.harness import ConchProcess
+
+    foreign = ConchProcess("foreign", tmp_path / "foreign")
+    foreign.start()
+    foreign.stop()
+    shutil.rmtree(odd.base_dir / "data")
+    shutil.copytree(foreign.data_dir, odd.base_dir / "data")
+    foreign.close()
+    _rewrite_env(odd, ETCD_INITIAL_CLUSTER_TOKEN="conch-test")
+    odd.spawn()
+    poll(lambda: "cluster ID mismatch" in odd.log_tail(50), 20, "the foreign data refused")
+    with connect(others[1].endpoint) as s:
+        assert s.kv.Range(rpc_pb2.RangeRequest(key=b"still"), timeout=10).kvs[0].value == (
+            b"serving")
