@@ -431,14 +431,23 @@ class Member:
             if rd.entries or rd.hard_state is not None:
                 hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
                 ents = [entry_to_pb(e) for e in rd.entries]
-                t0 = time.perf_counter()
-                try:
-                    await loop.run_in_executor(self._disk, self._wal.save, hs, ents, rd.must_sync)
-                except Exception:  # a WAL we cannot write is fatal, as in etcd
-                    log.exception("WAL write failed; stopping the member")
-                    os._exit(1)
-                if rd.must_sync:
-                    self.metrics.observe_fsync(time.perf_counter() - t0)
+                if rd.entries or rd.must_sync:
+                    t0 = time.perf_counter()
+                    try:
+                        await loop.run_in_executor(
+                            self._disk, self._wal.save, hs, ents, rd.must_sync
+                        )
+                    except Exception:  # a WAL we cannot write is fatal, as in etcd
+                        log.exception("WAL write failed; stopping the member")
+                        os._exit(1)
+                    if rd.must_sync:
+                        self.metrics.observe_fsync(time.perf_counter() - t0)
+                else:
+                    # Only the commit index moved: nothing to wait for (raft recomputes commit
+                    # after a crash). The single disk thread keeps the writes in order.
+                    self._disk.submit(self._wal.save, hs, [], False).add_done_callback(
+                        _fatal_if_write_failed
+                    )
                 if rd.entries:
                     self._storage.append(rd.entries)
                 if rd.hard_state is not None:
@@ -943,6 +952,13 @@ class Member:
             tmp = await asyncio.to_thread(self.backend.copy_compacted)
             self.backend.swap_in(tmp)
             self._size_in_use = self.backend.size_in_use()
+
+
+def _fatal_if_write_failed(fut: concurrent.futures.Future[None]) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.critical("WAL write failed; stopping the member", exc_info=exc)
+        os._exit(1)
 
 
 def _fatal_if_failed(task: asyncio.Task[None]) -> None:
