@@ -25,8 +25,7 @@ from conch.client._protocol import (
     WatchResult,
     prefix_end,
 )
-
-# from conch.client.aio import AsyncClient, AsyncKeepAlive, AsyncWatch
+from conch.client.aio import AsyncClient, AsyncKeepAlive, AsyncWatch
 from conch.client.errors import ClientError, Compacted
 from conch.client.sync import Client, KeepAlive, Watch
 
