@@ -1,0 +1,103 @@
+"""Fixtures for the concurrency recipe tests: clients on the parametrised ``any_server``
+(real etcd 3.4 and conch), and etcdctl child processes stopped by their own pid."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import harness  # noqa: E402
+
+from conch.client import Client  # noqa: E402
+
+
+@pytest.fixture
+def make_client(any_server: harness.ServerProcess) -> Iterator[Callable[[], Client]]:
+    clients: list[Client] = []
+
+    def make() -> Client:
+        c = Client([any_server.endpoint], timeout=5.0)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in reversed(clients):
+        c.close()
+
+
+@pytest.fixture
+def client(make_client: Callable[[], Client]) -> Client:
+    return make_client()
+
+
+class Ctl:
+    """A long-running ``etcdctl`` child (elect / lock) with its stdout lines collected."""
+
+    def __init__(self, endpoint: str, *args: str) -> None:
+        ctl = harness.etcdctl_binary()
+        assert ctl is not None
+        self.proc = subprocess.Popen(
+            [ctl, f"--endpoints={endpoint}", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=harness.clean_env({"ETCDCTL_API": "3"}),
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)  # this pid only: we started it
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        self.send(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout)
+
+    def stderr(self) -> str:
+        if self.proc.poll() is None or self.proc.stderr is None:
+            return ""
+        return self.proc.stderr.read()
+
+
+@pytest.fixture
+def etcdctl_proc(any_server: harness.ServerProcess) -> Iterator[Callable[..., Ctl]]:
+    if harness.etcdctl_binary() is None:
+        if harness.require_etcd():
+            pytest.fail("etcdctl not found and CONCH_REQUIRE_ETCD=1")
+        pytest.skip("etcdctl not found")
+    started: list[Ctl] = []
+
+    def start(*args: str) -> Ctl:
+        c = Ctl(any_server.endpoint, *args)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        if c.proc.poll() is None:
+            c.stop(signal.SIGKILL)
+
