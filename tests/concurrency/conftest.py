@@ -100,4 +100,3 @@ def etcdctl_proc(any_server: harness.ServerProcess) -> Iterator[Callable[..., Ct
     for c in started:
         if c.proc.poll() is None:
             c.stop(signal.SIGKILL)
-
