@@ -116,7 +116,8 @@ def test_txn_branches_range_compares_and_nesting(client: Client) -> None:
 
     r = client.txn(
         [Compare.value("r/a") == "1"],
-        [Op.put("r/d", "4", prev_kv=True), Op.get("r/", prefix=True), Op.delete("r/c", prev_kv=True)],
+        [Op.put("r/d", "4", prev_kv=True), Op.get("r/", prefix=True),
+         Op.delete("r/c", prev_kv=True)],
         [Op.put("never", "x")],
     )  # fmt: skip
     assert isinstance(r, TxnResult) and r.succeeded and len(r.responses) == 3
