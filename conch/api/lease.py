@@ -61,6 +61,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 # runs ahead of the point of renewal.
                 header = m.header()
                 if m.is_leader:
+                    # A new leader first applies what it committed: it may not know a lease
+                    # granted under its predecessor yet (etcd#6978).
+                    if m.applied_index < m.committed_index:
+                        await m.wait_applied(m.committed_index)
                     ttl = m.lessor.renew(req.ID, time.monotonic())
                     yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=req.ID, TTL=ttl)
                     continue

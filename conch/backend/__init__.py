@@ -133,6 +133,18 @@ class Backend:
     def put_meta_i64(self, txn: lmdb.Transaction, name: bytes, value: int) -> None:
         txn.put(name, _I64.pack(value), db=self._dbs[b"meta"])
 
+    @staticmethod
+    def read_consistent_index(path: str) -> int:
+        """The consistent index stored in a backend file that is not open (e.g. a copy)."""
+        env = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=len(BUCKETS) + 4)
+        try:
+            with env.begin() as txn:
+                meta = env.open_db(b"meta", txn=txn, create=False)
+                raw = txn.get(META_CONSISTENT_INDEX, db=meta)
+            return 0 if raw is None else int(_U64.unpack(raw)[0])
+        finally:
+            env.close()
+
     def consistent_index(self) -> int:
         with self.read() as txn:
             return self.get_meta_u64(txn, META_CONSISTENT_INDEX)

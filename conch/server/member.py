@@ -64,9 +64,11 @@ from conch.raft.types import (
     Message,
     MessageType,
     Snapshot,
+    SnapshotMetadata,
     StateType,
     conf_change_from_entry,
 )
+from conch.server import failpoints
 from conch.server import snap as snapfile
 from conch.server.apply import Applied, Applier
 from conch.server.compactor import Compactor
@@ -152,6 +154,8 @@ class Member:
         # ahead of it right after a snapshot install (the leader's copy was newer).
         self._raft_applied = 0
         self._incoming_snapshots: dict[int, str] = {}
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._apply_gate = asyncio.Lock()
         self.revision = 0
         self._size_in_use = 0
         self.lead = 0
@@ -217,6 +221,11 @@ class Member:
             self._storage.append(entries)
             self._storage.set_hard_state(hard_state_from_pb(hard_pb))
         ci = self.backend.consistent_index()
+        if snap is not None and ci < snap.metadata.index:
+            raise StartupError(
+                f"backend consistent index {ci} is behind the newest snapshot "
+                f"{snap.metadata.index} and the snapshot's database is missing; refusing to start"
+            )
         last = self._storage.last_index()
         if ci > last:
             raise StartupError(
@@ -411,7 +420,6 @@ class Member:
             self._wake.set()
 
     async def _raft_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         node = self.node
         while not self._stopping:
             self._submit_proposals()
@@ -420,49 +428,57 @@ class Member:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            rd = node.ready()
-            if rd.soft_state is not None:
-                self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
-            snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
-            if snap is not None:
-                # A snapshot from the leader: record it durably before the entries after it.
-                await loop.run_in_executor(self._disk, self._save_snapshot, snap)
-                self._storage.apply_snapshot(snap)
-            if rd.entries or rd.hard_state is not None:
-                hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
-                ents = [entry_to_pb(e) for e in rd.entries]
-                if rd.entries or rd.must_sync:
-                    t0 = time.perf_counter()
-                    try:
-                        await loop.run_in_executor(
-                            self._disk, self._wal.save, hs, ents, rd.must_sync
-                        )
-                    except Exception:  # a WAL we cannot write is fatal, as in etcd
-                        log.exception("WAL write failed; stopping the member")
-                        os._exit(1)
-                    if rd.must_sync:
-                        self.metrics.observe_fsync(time.perf_counter() - t0)
-                else:
-                    # Only the commit index moved: nothing to wait for (raft recomputes commit
-                    # after a crash). The single disk thread keeps the writes in order.
-                    self._disk.submit(self._wal.save, hs, [], False).add_done_callback(
-                        _fatal_if_write_failed
-                    )
-                if rd.entries:
-                    self._storage.append(rd.entries)
-                if rd.hard_state is not None:
-                    self._storage.set_hard_state(rd.hard_state)
-            if rd.messages and self.transport is not None:
-                self._send(rd.messages)
-            if snap is not None:
-                await self._install_snapshot(snap)
-            if rd.committed_entries:
-                self._apply_entries(rd.committed_entries)
-            if rd.read_states:
-                self._on_read_states(rd)
-            node.advance()
-            if self._raft_applied - self._snap_index >= self.cfg.snapshot_count:
-                await self._snapshot()
+            # The gate keeps defragment (which must see no apply between its copy and its
+            # swap) and the handling of one Ready from interleaving.
+            async with self._apply_gate:
+                await self._handle_ready(node.ready())
+                node.advance()
+            if (
+                self._raft_applied - self._snap_index >= self.cfg.snapshot_count
+                and self._snapshot_task is None
+            ):
+                self._snapshot_task = asyncio.create_task(self._snapshot())
+                self._snapshot_task.add_done_callback(_fatal_if_failed)
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.lead, rd.soft_state.raft_state)
+        snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
+        if snap is not None:
+            # A snapshot from the leader: record it durably before the entries after it.
+            await loop.run_in_executor(self._disk, self._save_snapshot, snap)
+            self._storage.apply_snapshot(snap)
+        if rd.entries or rd.hard_state is not None:
+            hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
+            ents = [entry_to_pb(e) for e in rd.entries]
+            if rd.entries or rd.must_sync:
+                t0 = time.perf_counter()
+                try:
+                    await loop.run_in_executor(self._disk, self._wal.save, hs, ents, rd.must_sync)
+                except Exception:  # a WAL we cannot write is fatal, as in etcd
+                    log.exception("WAL write failed; stopping the member")
+                    os._exit(1)
+                if rd.must_sync:
+                    self.metrics.observe_fsync(time.perf_counter() - t0)
+            else:
+                # Only the commit index moved: nothing to wait for (raft recomputes commit
+                # after a crash). The single disk thread keeps the writes in order.
+                self._disk.submit(self._wal.save, hs, [], False).add_done_callback(
+                    _fatal_if_write_failed
+                )
+            if rd.entries:
+                self._storage.append(rd.entries)
+            if rd.hard_state is not None:
+                self._storage.set_hard_state(rd.hard_state)
+        if rd.messages and self.transport is not None:
+            self._send(rd.messages)
+        if snap is not None:
+            await self._install_snapshot(snap)
+        if rd.committed_entries:
+            self._apply_entries(rd.committed_entries)
+        if rd.read_states:
+            self._on_read_states(rd)
 
     # --- snapshots -----------------------------------------------------------------------
     def _save_snapshot(self, snap: Snapshot) -> None:
@@ -473,20 +489,28 @@ class Member:
 
     async def _snapshot(self) -> None:
         """Compact the raft log every --snapshot-count applied entries, keeping a tail of
-        --experimental-snapshot-catchup-entries for followers that are a little behind."""
-        loop = asyncio.get_running_loop()
-        index = self._raft_applied
-        # Everything up to `index` must be durable in the backend before the WAL may lose it.
-        await asyncio.to_thread(self.backend.sync)
-        cs = self.node.status().conf_state
-        snap = self._storage.create_snapshot(index, cs, b"")
-        await loop.run_in_executor(self._disk, self._save_snapshot, snap)
-        self._snap_index = index
-        compact_to = index - self.cfg.snapshot_catchup_entries
-        if compact_to > self._storage.first_index():
-            self._storage.compact(compact_to)
-        await loop.run_in_executor(self._disk, self._purge_files, compact_to)
-        log.info("raft snapshot at index %d; log compacted to %d", index, max(compact_to, 0))
+        --experimental-snapshot-catchup-entries for followers that are a little behind.
+        Runs beside the raft loop: the backend fsync must not stop heartbeats."""
+        try:
+            loop = asyncio.get_running_loop()
+            index = self._raft_applied
+            # Everything up to `index` must be durable in the backend before the WAL may
+            # lose it; the lock keeps defragment from swapping the file meanwhile.
+            async with self.maintenance_lock:
+                await asyncio.to_thread(self.backend.sync)
+            if index <= self._snap_index:  # a snapshot from the leader overtook us
+                return
+            cs = self.node.status().conf_state
+            snap = self._storage.create_snapshot(index, cs, b"")
+            await loop.run_in_executor(self._disk, self._save_snapshot, snap)
+            self._snap_index = index
+            compact_to = index - self.cfg.snapshot_catchup_entries
+            if compact_to > self._storage.first_index():
+                self._storage.compact(compact_to)
+            await loop.run_in_executor(self._disk, self._purge_files, compact_to)
+            log.info("raft snapshot at index %d; log compacted to %d", index, max(compact_to, 0))
+        finally:
+            self._snapshot_task = None
 
     def _purge_files(self, compacted_to: int) -> None:
         if compacted_to > 0:
@@ -516,6 +540,19 @@ class Member:
             async with self.maintenance_lock:
                 # A consistent copy whose applied index is at or past the snapshot's.
                 await asyncio.to_thread(self.backend.env.copy, path, True)
+            # The message must describe the database that travels with it (etcd's merged
+            # snapshot message): the copy's applied index, its term, the configuration now.
+            # Otherwise a follower that installs it and crashes before logging the entries
+            # up to that index finds its backend ahead of its WAL and cannot restart.
+            copied = await asyncio.to_thread(Backend.read_consistent_index, path)
+            if copied < index:
+                raise RuntimeError(f"database copy at {copied} is behind snapshot {index}")
+            m.snapshot = Snapshot(
+                b"",
+                SnapshotMetadata(
+                    self.node.status().conf_state, copied, self._storage.term(copied)
+                ),
+            )
             ok = await self.transport.send_snapshot(m.to, m, path)
         except Exception:
             log.exception("sending snapshot %d to %x failed", index, m.to)
@@ -552,8 +589,8 @@ class Member:
         self.applier.reload(self.membership)
         me = self.membership.members.get(self.member_id)
         self.is_learner = me is not None and me.is_learner
-        self.applied_index = max(index, self.backend.consistent_index())
         self._snap_index = self._raft_applied = index
+        self._set_applied(max(index, self.backend.consistent_index()))
         self.revision = self.store.current_revision()
         self._size_in_use = self.backend.size_in_use()
         if self.transport is not None:
@@ -568,6 +605,7 @@ class Member:
                     os.unlink(p)
         log.info("installed snapshot %d from the leader (applied index %d, revision %d)",
                  index, self.applied_index, self.revision)
+        failpoints.hit("afterSnapshotInstall")
 
     def _drain_ready(self) -> None:
         """Apply what the WAL already holds as committed (start-up, before any I/O)."""
@@ -852,6 +890,19 @@ class Member:
         except TimeoutError:
             raise err(ErrTimeoutWaitAppliedIndex) from None
 
+    async def wait_applied(self, index: int) -> None:
+        """Wait until the applied index reaches `index` (e.g. a new leader catching up on
+        what the previous one committed before it answers for leases)."""
+        if self.applied_index >= index:
+            return
+        assert self._loop is not None
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._read_apply_waiters.append((index, [fut]))
+        try:
+            await asyncio.wait_for(fut, self._req_timeout)
+        except TimeoutError:
+            raise err(ErrTimeoutWaitAppliedIndex) from None
+
     def _submit_reads(self) -> None:
         if not self._reads_pending or self._read_inflight is not None:
             return
@@ -946,9 +997,9 @@ class Member:
 
     async def defragment(self) -> None:
         """Rewrite the backend compacted. Like etcd, nothing is applied while it runs."""
-        async with self.maintenance_lock:
-            # Applying happens on the loop, so holding the loop for the swap keeps writers
-            # and readers out; the copy itself runs on a thread while the loop serves reads.
+        async with self.maintenance_lock, self._apply_gate:
+            # Nothing is applied between the copy and the swap (the raft loop waits at the
+            # gate), so the copy is the final state; reads go on during the copy.
             tmp = await asyncio.to_thread(self.backend.copy_compacted)
             self.backend.swap_in(tmp)
             self._size_in_use = self.backend.size_in_use()

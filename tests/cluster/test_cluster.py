@@ -426,3 +426,34 @@ def test_wrong_token_and_foreign_data_are_refused_by_peers(cluster, tmp_path):
     with connect(others[1].endpoint) as s:
         assert s.kv.Range(rpc_pb2.RangeRequest(key=b"still"), timeout=10).kvs[0].value == (
             b"serving")
+
+
+def test_crash_right_after_snapshot_install_restarts(tmp_path):
+    # Writes continue while the follower fetches the snapshot, so the leader's database copy
+    # is newer than its last raft snapshot; the follower crashes the moment it installed it.
+    c = Cluster(tmp_path, 3, extra_env={"ETCD_SNAPSHOT_COUNT": "50",
+                                        "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES": "10"})
+    try:
+        c.start()
+        leader = poll(lambda: _leader(c), 10, "a leader")
+        victim = next(m for m in c.members if m is not leader)
+        victim.kill(signal.SIGKILL)
+        with connect(leader.endpoint) as s:
+            for i in range(237):
+                s.kv.Put(rpc_pb2.PutRequest(key=b"k%04d" % i, value=b"v"), timeout=5)
+        load = _Load([leader.endpoint], writers=2)
+        _rewrite_env(victim, CONCH_FAILPOINTS="afterSnapshotInstall=panic")
+        victim.spawn()
+        assert victim.proc.wait(60) == 3, victim.log_tail(30)
+        assert "installed snapshot" in victim.log_tail(60)
+        _rewrite_env(victim, CONCH_FAILPOINTS="")
+        victim.start()
+        acked = load.stop()
+        poll(lambda: _converged(c), 60, "the crashed follower to recover and converge")
+        with connect(victim.endpoint) as s:
+            got = s.kv.Range(rpc_pb2.RangeRequest(key=b"load/", range_end=b"load0",
+                                                  serializable=True), timeout=10)
+            have = {kv.key: kv.value for kv in got.kvs}
+            assert all(have.get(k) == v for k, v in acked.items())
+    finally:
+        c.close()
