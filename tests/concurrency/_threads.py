@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -29,3 +29,9 @@ class Bg:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def collect(it: Iterable[Any], out: list[bytes | None]) -> None:
+    """Append each observed leader's value (None for "no leader") until ``it`` ends."""
+    for kv in it:
+        out.append(None if kv is None else kv.value)

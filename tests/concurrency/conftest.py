@@ -18,9 +18,11 @@ import harness  # noqa: E402
 
 from conch.client import Client  # noqa: E402
 
+MakeClient = Callable[[], Client]
+
 
 @pytest.fixture
-def make_client(any_server: harness.ServerProcess) -> Iterator[Callable[[], Client]]:
+def make_client(any_server: harness.ServerProcess) -> Iterator[MakeClient]:
     clients: list[Client] = []
 
     def make() -> Client:
@@ -83,8 +85,11 @@ class Ctl:
         return self.proc.stderr.read()
 
 
+StartCtl = Callable[..., Ctl]
+
+
 @pytest.fixture
-def etcdctl_proc(any_server: harness.ServerProcess) -> Iterator[Callable[..., Ctl]]:
+def etcdctl_proc(any_server: harness.ServerProcess) -> Iterator[StartCtl]:
     if harness.etcdctl_binary() is None:
         if harness.require_etcd():
             pytest.fail("etcdctl not found and CONCH_REQUIRE_ETCD=1")

@@ -4,7 +4,8 @@ observe (with "no leader"), timeouts and session expiry while campaigning."""
 from __future__ import annotations
 
 import pytest
-from _threads import Bg
+from _threads import Bg, collect
+from conftest import MakeClient
 from polling import poll
 
 from conch.client import Client
@@ -66,7 +67,7 @@ def test_order_follows_create_revision_and_resign_hands_over(client: Client) -> 
             s.close()
 
 
-def test_proclaim_and_not_leader(client: Client, make_client) -> None:
+def test_proclaim_and_not_leader(client: Client, make_client: MakeClient) -> None:
     with Session(client, ttl=10) as s:
         e = Election(s, "/procl")
         with pytest.raises(NotLeader):
@@ -86,7 +87,7 @@ def test_observe_reports_changes_and_no_leader(client: Client) -> None:
         e1, e2 = Election(s1, "/obs"), Election(s2, "/obs")
         seen: list[bytes | None] = []
         obs = e1.observe()
-        reader = Bg(lambda: [seen.append(None if kv is None else kv.value) for kv in obs])
+        reader = Bg(lambda: collect(obs, seen))
         poll(lambda: seen == [None], 5, "initial 'no leader'")
         e1.campaign("one")
         poll(lambda: seen[-1:] == [b"one"], 5, "first leader")
@@ -121,7 +122,7 @@ def test_campaign_timeout_removes_key(client: Client) -> None:
         s2.close()
 
 
-def test_session_expiry_during_campaign(client: Client, make_client) -> None:
+def test_session_expiry_during_campaign(client: Client, make_client: MakeClient) -> None:
     other = make_client()
     s1, s2 = Session(client, ttl=10), Session(client, ttl=30)
     try:

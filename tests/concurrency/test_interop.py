@@ -6,7 +6,8 @@ etcdctl resign / unlock (its signal handler), i.e. it is killed the ordinary way
 
 from __future__ import annotations
 
-from _threads import Bg
+from _threads import Bg, collect
+from conftest import StartCtl
 from polling import poll
 
 from conch.client import Client
@@ -17,7 +18,7 @@ def _keys(client: Client, prefix: str) -> list[bytes]:
     return [kv.key for kv in client.get(prefix + "/", prefix=True).kvs]
 
 
-def test_python_campaigns_behind_etcdctl_elect(client: Client, etcdctl_proc) -> None:
+def test_python_campaigns_behind_etcdctl_elect(client: Client, etcdctl_proc: StartCtl) -> None:
     ctl = etcdctl_proc("elect", "ielect", "from-etcdctl")
     poll(lambda: "from-etcdctl" in ctl.lines, 10, "etcdctl to be elected")
     etcdctl_key = ctl.lines[0].encode()
@@ -36,7 +37,7 @@ def test_python_campaigns_behind_etcdctl_elect(client: Client, etcdctl_proc) -> 
         e.resign()
 
 
-def test_etcdctl_observes_python_leader(client: Client, etcdctl_proc) -> None:
+def test_etcdctl_observes_python_leader(client: Client, etcdctl_proc: StartCtl) -> None:
     with Session(client, ttl=10) as s:
         e = Election(s, "iobs")
         e.campaign("py-1")
@@ -48,12 +49,12 @@ def test_etcdctl_observes_python_leader(client: Client, etcdctl_proc) -> None:
         ctl.stop()
 
 
-def test_python_observes_etcdctl_leader(client: Client, etcdctl_proc) -> None:
+def test_python_observes_etcdctl_leader(client: Client, etcdctl_proc: StartCtl) -> None:
     with Session(client, ttl=10) as s:
         e = Election(s, "iobs2")
         seen: list[bytes | None] = []
         obs = e.observe()
-        reader = Bg(lambda: [seen.append(None if kv is None else kv.value) for kv in obs])
+        reader = Bg(lambda: collect(obs, seen))
         poll(lambda: seen == [None], 5, "no leader yet")
         ctl = etcdctl_proc("elect", "iobs2", "go-leader")
         poll(lambda: seen[-1:] == [b"go-leader"], 10, "the etcdctl leader")
@@ -65,7 +66,7 @@ def test_python_observes_etcdctl_leader(client: Client, etcdctl_proc) -> None:
         reader.join(10)
 
 
-def test_mutex_and_etcdctl_lock_exclude_each_other(client: Client, etcdctl_proc) -> None:
+def test_mutex_and_etcdctl_lock_exclude_each_other(client: Client, etcdctl_proc: StartCtl) -> None:
     with Session(client, ttl=10) as s:
         m = Mutex(s, "ilock")
         m.lock()
@@ -79,7 +80,9 @@ def test_mutex_and_etcdctl_lock_exclude_each_other(client: Client, etcdctl_proc)
         w = Bg(lambda: m.lock(timeout=20))
         poll(lambda: len(_keys(client, "ilock")) == 2, 5, "python's waiter key")
         assert not w.finished.is_set()
-        assert not client.txn([m.is_owner()], [], []).succeeded
+        # etcdctl's key is still the first created: the owner
+        by_create = client.get("ilock/", prefix=True, sort_target="create", sort_order="ascend")
+        assert [kv.key for kv in by_create.kvs][0] == waiter_key
         ctl.stop()  # SIGTERM: etcdctl unlocks
         w.join(10)
         assert client.txn([m.is_owner()], [], []).succeeded

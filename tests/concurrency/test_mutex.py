@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from _threads import Bg
+from conftest import MakeClient
 from polling import poll
 
 from conch.client import Client, Op
@@ -78,7 +79,7 @@ def test_lock_timeout_removes_key(client: Client) -> None:
         s2.close()
 
 
-def test_session_expiry_during_lock_wait(client: Client, make_client) -> None:
+def test_session_expiry_during_lock_wait(client: Client, make_client: MakeClient) -> None:
     other = make_client()
     s1, s2 = Session(client, ttl=10), Session(client, ttl=30)
     try:

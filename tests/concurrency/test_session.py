@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import MakeClient
 from polling import poll
 
 from conch.client import Client
@@ -27,7 +28,7 @@ def test_grant_keepalive_and_expires_at(client: Client) -> None:
     assert s.done.is_set()
 
 
-def test_done_when_lease_revoked_elsewhere(client: Client, make_client) -> None:
+def test_done_when_lease_revoked_elsewhere(client: Client, make_client: MakeClient) -> None:
     other = make_client()
     s = Session(client, ttl=3)
     other.lease_revoke(s.lease_id)

@@ -7,6 +7,7 @@ import random
 
 import pytest
 from _threads import Bg
+from conftest import MakeClient
 
 from conch.client import Client
 from conch.client.concurrency import (
@@ -25,7 +26,7 @@ ACCOUNTS = [f"/acct/{i}" for i in range(4)]
 @pytest.mark.parametrize(
     "iso", [Isolation.SerializableSnapshot, Isolation.Serializable, Isolation.RepeatableReads]
 )
-def test_concurrent_transfers_keep_total(make_client, iso: Isolation) -> None:
+def test_concurrent_transfers_keep_total(make_client: MakeClient, iso: Isolation) -> None:
     setup = make_client()
     for k in ACCOUNTS:
         setup.put(k, "100")
@@ -72,7 +73,7 @@ def _lost_update_attempts(client: Client, other: Client, iso: Isolation) -> tupl
     return calls, client.get("/x").kvs[0].value
 
 
-def test_read_committed_has_no_guard_others_retry(client: Client, make_client) -> None:
+def test_read_committed_has_no_guard_others_retry(client: Client, make_client: MakeClient) -> None:
     other = make_client()
     # ReadCommitted commits at once over the concurrent write (a lost update, as in Go)
     assert _lost_update_attempts(client, other, ReadCommitted) == (1, b"1")
@@ -80,7 +81,7 @@ def test_read_committed_has_no_guard_others_retry(client: Client, make_client) -
         assert _lost_update_attempts(client, other, iso) == (2, b"101"), iso
 
 
-def test_snapshot_guards_blind_writes(client: Client, make_client) -> None:
+def test_snapshot_guards_blind_writes(client: Client, make_client: MakeClient) -> None:
     """SerializableSnapshot also fails when a key it only wrote changed since its first read;
     Serializable does not guard blind writes."""
     other = make_client()
@@ -121,7 +122,7 @@ def test_get_rev_delete_prefetch(client: Client) -> None:
     assert [kv.key for kv in client.get("/p/", prefix=True).kvs] == [b"/p/a", b"/p/c"]
 
 
-def test_max_attempts(client: Client, make_client) -> None:
+def test_max_attempts(client: Client, make_client: MakeClient) -> None:
     other = make_client()
     client.put("/busy", "0")
     n = 0
