@@ -74,5 +74,10 @@ class LeaderChannel:
             self._channel = None
 
 
+_closing: set[asyncio.Task[None]] = set()
+
+
 def _close_later(channel: grpc.aio.Channel) -> None:
-    asyncio.get_running_loop().create_task(channel.close())
+    task = asyncio.get_running_loop().create_task(channel.close())
+    _closing.add(task)  # keep a reference until it is done
+    task.add_done_callback(_closing.discard)

@@ -26,9 +26,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from conch import ETCD_COMPAT_VERSION
 from conch.backend import Backend
 from conch.errors import (
+    ErrLeaderChanged,
     ErrNoLeader,
     ErrNoSpace,
     ErrNotSupportedForLearner,
@@ -134,7 +137,8 @@ class Member:
         self._wake = asyncio.Event()
         self._proposals: list[tuple[int, bytes]] = []
         self._waiters: dict[int, asyncio.Future[Any]] = {}
-        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        # (deadline, request id, leader changes seen when it was proposed)
+        self._deadlines: collections.deque[tuple[float, int, int]] = collections.deque()
         self._req_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000.0
         # Linearizable reads: waiting for a read index round, in flight, waiting to apply.
         self._reads_pending: list[asyncio.Future[None]] = []
@@ -182,6 +186,7 @@ class Member:
                 ) from exc
             snap = snapfile.load_newest(self._snap_dir, valid)
         self._recover_backend_from_snapshot(snap)
+        self._remove_stale_snapshot_dbs()
         self.backend = Backend(self.cfg.backend_path)
         self.store = KVStore(self.backend)
         self.lessor = Lessor(self.backend, self.store, min_ttl=self.cfg.min_lease_ttl)
@@ -287,6 +292,16 @@ class Member:
     def _snap_dir(self) -> str:
         return os.path.join(self.cfg.member_dir, "snap")
 
+    def _remove_stale_snapshot_dbs(self) -> None:
+        """Databases received for snapshots that were never installed only take space."""
+        try:
+            names = os.listdir(self._snap_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(".snap.db") or (name.startswith("send-") and name.endswith(".db")):
+                os.unlink(os.path.join(self._snap_dir, name))
+
     def _recover_backend_from_snapshot(self, snap: Snapshot | None) -> None:
         """A crash while installing a snapshot from the leader leaves the received database
         beside an older backend: install it now (etcd's RecoverSnapshotBackend)."""
@@ -367,9 +382,28 @@ class Member:
         for task in self._tasks:
             task.add_done_callback(_fatal_if_failed)
 
+    async def hand_over_leadership(self) -> None:
+        """Before a graceful stop, a leader with started peers moves leadership to the most
+        caught-up voter (etcd's TransferLeadership on Stop), so clients see no election gap."""
+        if not self.is_leader or self.removed.is_set():
+            return
+        started = self.started_voters() - {self.member_id}
+        if not started:
+            return
+        progress = self.node.status().progress
+        target = max(started, key=lambda v: progress.get(v, (0,))[0])
+        try:
+            await asyncio.wait_for(
+                self.transfer_leadership(target), 2 * self.cfg.election_timeout_ms / 1000.0
+            )
+            log.info("handed leadership to %x before stopping", target)
+        except (EtcdError, TimeoutError) as exc:
+            log.warning("could not hand leadership to %x before stopping: %s", target, exc)
+
     async def stop(self) -> None:
         if self._stopping:
             return
+        await self.hand_over_leadership()
         self._stopping = True
         self._wake.set()
         for t in self._tasks:
@@ -382,7 +416,13 @@ class Member:
         if self.transport is not None:
             await self.transport.stop()
         self.hub.stop()
-        for fut in self._waiters.values():
+        waiting: list[asyncio.Future[Any]] = list(self._waiters.values())
+        waiting += self._reads_pending + list(self._cc_waiters.values())
+        if self._read_inflight is not None:
+            waiting += self._read_inflight[2]
+        for _, futs in self._read_apply_waiters:
+            waiting += futs
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(err(ErrStopped))
         self._waiters.clear()
@@ -573,6 +613,13 @@ class Member:
             os.unlink(old)
         self._incoming_snapshots[index] = path
         self.step(m)
+        pending = self.node.raft.raft_log.unstable.snapshot
+        if pending is None or pending.metadata.index != index:
+            # Raft ignored it (stale, a retransmission, a deposed leader): no Ready will
+            # install it, so do not keep a whole database copy around.
+            self._incoming_snapshots.pop(index, None)
+            if os.path.exists(path):
+                os.unlink(path)
 
     async def _install_snapshot(self, snap: Snapshot) -> None:
         """Replace the backend with the database that came with the snapshot and rebuild
@@ -625,8 +672,8 @@ class Member:
             if lead:
                 self.leader_changes += 1
             log.info("raft: leader is now %x (was %x), term %d", lead, self.lead, self.term)
-            if self.lead and not lead:
-                self._fail_reads()
+            if self.lead:
+                self._fail_reads()  # a read index round with the old leader cannot finish
         was_leader = self.raft_state == StateType.Leader
         self.lead = lead
         self.raft_state = state
@@ -644,10 +691,15 @@ class Member:
         try:
             self.node.propose_batch([data for _, data in batch])
         except ProposalDropped:
+            # etcd: no leader -> "etcdserver: no leader"; otherwise raft's own error
+            # ("raft proposal dropped", e.g. during a leadership transfer) as Unknown.
+            failure = err(ErrNoLeader) if not self.lead else EtcdError(
+                grpc.StatusCode.UNKNOWN, "raft proposal dropped"
+            )
             for rid, _ in batch:
                 fut = self._waiters.pop(rid, None)
                 if fut is not None and not fut.done():
-                    fut.set_exception(err(ErrNoLeader))
+                    fut.set_exception(EtcdError(failure.code, failure.message))
         self.metrics.proposals_pending = len(self._waiters)
 
     def _apply_entries(self, entries: list[Entry]) -> None:
@@ -717,7 +769,10 @@ class Member:
         self.is_learner = me is not None and me.is_learner
         if cc.type == ConfChangeType.ConfChangeRemoveNode and cc.node_id == self.member_id:
             log.warning("this member was removed from the cluster; stopping")
-            self.removed.set()
+            # Like etcd's stopWithDelay: keep going a moment so the commit of the removal
+            # reaches the others and the caller gets its answer.
+            assert self._loop is not None
+            self._loop.call_later(1.0, self.removed.set)
         t = self.transport
         if t is None or cc.node_id == self.member_id:
             return
@@ -746,7 +801,7 @@ class Member:
         assert self._loop is not None
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._waiters[rid] = fut
-        self._deadlines.append((time.monotonic() + self._req_timeout, rid))
+        self._deadlines.append((time.monotonic() + self._req_timeout, rid, self.leader_changes))
         self._proposals.append((rid, data))
         self._wake.set()
         return fut
@@ -820,12 +875,11 @@ class Member:
         now = time.monotonic()
         dq = self._deadlines
         while dq and dq[0][0] <= now:
-            _, rid = dq.popleft()
+            _, rid, changes = dq.popleft()
             fut = self._waiters.pop(rid, None)
             if fut is not None and not fut.done():
-                fut.set_exception(
-                    err(ErrTimeoutDueToLeaderFail if self.leader_changes > 1 else ErrTimeout)
-                )
+                leader_failed = self.leader_changes != changes or not self.lead
+                fut.set_exception(err(ErrTimeoutDueToLeaderFail if leader_failed else ErrTimeout))
 
     def check_not_learner(self) -> None:
         """A learner serves only Status and serializable Range (etcd's
@@ -888,7 +942,7 @@ class Member:
         try:
             await asyncio.wait_for(fut, self._req_timeout)
         except TimeoutError:
-            raise err(ErrTimeoutWaitAppliedIndex) from None
+            raise err(ErrTimeout) from None  # etcd's linearizableReadNotify
 
     async def wait_applied(self, index: int) -> None:
         """Wait until the applied index reaches `index` (e.g. a new leader catching up on
@@ -939,7 +993,8 @@ class Member:
         self._wake.set()
 
     def _fail_reads(self) -> None:
-        """The leader is gone: reads waiting for a read index fail fast and are retried."""
+        """The leader changed: reads waiting for a read index fail fast (etcd's
+        leaderChangedNotifier) and the client retries them."""
         pending = list(self._reads_pending)
         if self._read_inflight is not None:
             pending.extend(self._read_inflight[2])
@@ -947,7 +1002,7 @@ class Member:
         self._read_inflight = None
         for fut in pending:
             if not fut.done():
-                fut.set_exception(err(ErrNoLeader))
+                fut.set_exception(err(ErrLeaderChanged))
 
     # --- leases ------------------------------------------------------------------------
     async def _lease_expiry_loop(self) -> None:
@@ -958,11 +1013,13 @@ class Member:
             limit = int(_LEASE_REVOKE_RATE * _LEASE_CHECK_INTERVAL_S)
             for lease_id in self.lessor.expired(time.monotonic(), limit):
                 try:
-                    self.propose(
+                    fut = self.propose(
                         InternalRaftRequest(lease_revoke=rpc_pb2.LeaseRevokeRequest(ID=lease_id))
                     )
                 except EtcdError:
                     break
+                # A lost revoke is retried by the lessor later; just consume the outcome.
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     # --- state for the API -------------------------------------------------------------
     @property
