@@ -14,8 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from conch.backend import META_CONSISTENT_INDEX, Backend
-from conch.errors import EtcdError
+from conch.errors import (
+    ErrMemberExist,
+    ErrMemberNotFound,
+    ErrPeerURLExist,
+    EtcdError,
+    err,
+)
 from conch.lease import Lessor
 from conch.mvcc import KVStore
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
@@ -26,6 +34,8 @@ from conch.server.membership import MemberInfo, Membership
 InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
 
 ALARM_BUCKET = b"alarm"
+# meta keys remembering conf changes rejected at apply time, by raft index
+_REJECTED_CC = b"conch_rejected_conf_change/"
 
 
 @dataclass(slots=True)
@@ -142,28 +152,77 @@ class Applier:
         # an empty response, so a log written by a newer member still replays.
         return raft_internal_pb2.EmptyResponse(), [], 0
 
-    def apply_conf_change(self, index: int, cc: ConfChange) -> bool:
+    def apply_conf_change(self, index: int, cc: ConfChange) -> EtcdError | None:
         """Record a membership change (etcd's member JSON in the ConfChange context) in the
-        same transaction as the consistent index. False if it was applied before."""
+        same transaction as the consistent index.
+
+        The change is validated against the membership at this point of the log, as etcd's
+        ValidateConfigurationChange does: two concurrent MemberAdds with one peer URL must
+        not both take effect. A rejected change is remembered (so a replay after a restart
+        rejects it again without re-validating against a newer membership) and returned;
+        the caller then applies a no-op change to raft."""
+        rejected_key = _REJECTED_CC + b"%016x" % index
+        meta = self._backend.db(b"meta")
         with self._backend.write() as txn:
             ci = self._backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
-            if index <= ci:
-                return False
-            t = cc.type
-            if t in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
-                m = MemberInfo.from_json(cc.context) if cc.context else MemberInfo(cc.node_id, [])
-                m.is_learner = t == ConfChangeType.ConfChangeAddLearnerNode
-                if m.id in self.membership.members and not m.is_learner:
-                    self.membership.promote(txn, m.id)
-                else:
-                    self.membership.add(txn, m)
-            elif t == ConfChangeType.ConfChangeRemoveNode:
-                self.membership.remove(txn, cc.node_id)
-            elif t == ConfChangeType.ConfChangeUpdateNode and cc.context:
-                m = MemberInfo.from_json(cc.context)
-                self.membership.update_peer_urls(txn, m.id, m.peer_urls)
+            if index <= ci:  # replay: the outcome was decided when it first applied
+                raw = txn.get(rejected_key, db=meta)
+                return None if raw is None else EtcdError(grpc.StatusCode.FAILED_PRECONDITION,
+                                                          bytes(raw).decode())
+            problem = self._invalid_conf_change(cc)
+            if problem is not None:
+                txn.put(rejected_key, problem.message.encode(), db=meta)
+            else:
+                self._record_conf_change(txn, cc)
             self._backend.put_meta_u64(txn, META_CONSISTENT_INDEX, index)
-        return True
+        return problem
+
+    def _invalid_conf_change(self, cc: ConfChange) -> EtcdError | None:
+        members = self.membership.members
+        t = cc.type
+        if cc.node_id in self.membership.removed:
+            return err(ErrMemberNotFound)
+        if t in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
+            m = MemberInfo.from_json(cc.context) if cc.context else MemberInfo(cc.node_id, [])
+            existing = members.get(cc.node_id)
+            promoting = (
+                t == ConfChangeType.ConfChangeAddNode
+                and existing is not None
+                and existing.is_learner
+            )
+            if existing is not None and not promoting:
+                return err(ErrMemberExist)
+            if not promoting and any(
+                set(m.peer_urls) & set(o.peer_urls) for o in members.values()
+            ):
+                return err(ErrPeerURLExist)
+        elif t in (ConfChangeType.ConfChangeRemoveNode, ConfChangeType.ConfChangeUpdateNode):
+            if cc.node_id not in members:
+                return err(ErrMemberNotFound)
+            if t == ConfChangeType.ConfChangeUpdateNode and cc.context:
+                m = MemberInfo.from_json(cc.context)
+                if any(
+                    set(m.peer_urls) & set(o.peer_urls)
+                    for o in members.values()
+                    if o.id != cc.node_id
+                ):
+                    return err(ErrPeerURLExist)
+        return None
+
+    def _record_conf_change(self, txn: Any, cc: ConfChange) -> None:
+        t = cc.type
+        if t in (ConfChangeType.ConfChangeAddNode, ConfChangeType.ConfChangeAddLearnerNode):
+            m = MemberInfo.from_json(cc.context) if cc.context else MemberInfo(cc.node_id, [])
+            m.is_learner = t == ConfChangeType.ConfChangeAddLearnerNode
+            if m.id in self.membership.members and not m.is_learner:
+                self.membership.promote(txn, m.id)
+            else:
+                self.membership.add(txn, m)
+        elif t == ConfChangeType.ConfChangeRemoveNode:
+            self.membership.remove(txn, cc.node_id)
+        elif t == ConfChangeType.ConfChangeUpdateNode and cc.context:
+            m = MemberInfo.from_json(cc.context)
+            self.membership.update_peer_urls(txn, m.id, m.peer_urls)
 
     def _apply_alarm(self, txn: Any, req: rpc_pb2.AlarmRequest, applied: Applied) -> Any:
         db = self._backend.db(ALARM_BUCKET)

@@ -713,15 +713,24 @@ class Member:
                 self._apply_normal(normal)
                 normal = []
             cc = conf_change_from_entry(e)
+            problem = None
             if isinstance(cc, ConfChange):
-                self.applier.apply_conf_change(e.index, cc)
-                self._on_conf_change_applied(cc)
-            self.node.apply_conf_change(cc)
+                problem = self.applier.apply_conf_change(e.index, cc)
+                if problem is None:
+                    self._on_conf_change_applied(cc)
+                    self.node.apply_conf_change(cc)
+                else:  # rejected at apply time: raft applies a change of nobody (etcd)
+                    self.node.apply_conf_change(ConfChange(cc.type, 0))
+            else:
+                self.node.apply_conf_change(cc)
             self._set_applied(e.index)
             if isinstance(cc, ConfChange):
                 waiter = self._cc_waiters.pop(cc.id, None)
                 if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                    if problem is None:
+                        waiter.set_result(None)
+                    else:
+                        waiter.set_exception(problem)
         if normal:
             self._apply_normal(normal)
 
