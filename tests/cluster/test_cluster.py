@@ -9,7 +9,6 @@ import signal
 import threading
 
 import grpc
-import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
 from tests.cluster.harness import Cluster
@@ -18,16 +17,6 @@ from tests.harness import etcdctl
 from tests.polling import poll
 
 ELECTION_S = 1.0  # etcd's default --election-timeout
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, 3)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
 
 
 def _status(endpoint: str) -> rpc_pb2.StatusResponse | None:

@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from tests.cluster.harness import Cluster
 from tests.harness import etcdctl, free_port
 from tests.polling import poll
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    c = Cluster(tmp_path, 3)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.close()
 
 
 def _ctl(cluster, *args):
