@@ -215,6 +215,10 @@ def _run_watched(
         if proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timings.grace + 1.0)
+    if reason is None and (
+        session.done.is_set() or time.monotonic() >= timings.stop_at(session.expires_at)
+    ):
+        reason = "lost"  # the watchdog ended it at the deadline (we were stopped / hung)
     status = _read_status(sr)
     return reason or "exited", rc if status is None else status
 
