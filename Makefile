@@ -8,7 +8,7 @@ CLIENT_URL ?= http://127.0.0.1:2379
 HTTP_URL ?= http://127.0.0.1:2381
 DATA_DIR ?= default.conch
 
-.PHONY: venv run test lint proto bench clean cluster
+.PHONY: venv run test lint proto bench clean cluster demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: $(STAMP)
 # --port-step 10' (see scripts/local_cluster.py --help).
 cluster: $(STAMP)
 	$(PY) scripts/local_cluster.py $(CLUSTER_ARGS)
+
+# The seed's nanoPing service (examples/nanoping/): a local three-member cluster, three copies
+# campaigning on /nanoPing; kills the master with SIGTERM, then SIGKILL, and prints who took
+# over and how long it took. Options: DEMO_ARGS='--ttl 5 --interval 1 --base-port 42379'.
+demo: $(STAMP)
+	$(PY) examples/nanoping/demo.py $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check conch tests bench
