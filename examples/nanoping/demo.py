@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +116,7 @@ def main() -> int:
             t0 = time.monotonic()
             say(f"sending {signal.Signals(sig).name} to copy {leader} (pid {victim.pid})")
             victim.send_signal(sig)
-            took = wait_for(lambda v=leader, t=t0: master_since(t, v), budget, "a new master")
+            took = wait_for(partial(master_since, t0, leader), budget, "a new master")
             assert isinstance(took, tuple)
             victim.wait(10)
             results.append((signal.Signals(sig).name, leader, took[1], took[0] - t0))
