@@ -1,0 +1,658 @@
+"""Linearizability of a KV history against etcd's semantics, in the style of Porcupine.
+
+Search
+------
+Wing & Gong's search with Lowe's memoisation, as Porcupine does it: a node is (set of operations
+already linearized, as a bitmask; model state). From a node, the candidates are the operations not
+yet linearized that were invoked no later than the earliest return among the operations not yet
+linearized (anything invoked later must come after that one). Every (mask, state) pair is explored
+at most once. The model is non-deterministic (a step may yield several states), which covers
+requests whose outcome is unknown: their return time is "never", so they can be linearized at any
+point after their invoke, and their step yields both "had no effect" and "took effect". Reads with
+an unknown outcome, serializable reads and definite errors constrain nothing and are dropped.
+
+The search is bounded by a deadline and a number of explored nodes; when a bound is hit the
+verdict is ``unknown``, never a pass.
+
+Model (etcd KV semantics)
+-------------------------
+State: the store revision, every key's (value, mod_revision, create_revision, version, lease),
+and the leases revoked so far. Initial revision 1 (``History.initial_revision``), empty store.
+- put: revision+1; key gets mod=create(if new)=new revision, version+1 (1 if new), the lease.
+  A put with a revoked lease cannot succeed.
+- delete: removes the keys present; revision+1 iff it removed one; ``deleted`` must match.
+- txn: compares are evaluated as etcd does (value compare on a missing key is false; other
+  targets of a missing key are 0); the branch must match ``succeeded``; its ops apply in order
+  under one revision (+1 iff any op wrote); nested range results are checked.
+- range: must return exactly the keys present in the range with matching value, mod_revision,
+  and create_revision / version / lease when recorded; the header revision must equal the store
+  revision.
+- lease_revoke: deletes the lease's keys (revision+1 iff any); ``lease_expired`` (a client was
+  told the lease is gone) requires a revoke of that lease to have been linearized before it,
+  when the history records one (expiry is recorded as an unknown-outcome revoke).
+- Every write's response revision must be exactly the new store revision.
+
+Partitioning (what is checked, and why it is sound)
+---------------------------------------------------
+The global revision couples every key, so plain per-key partitioning (Porcupine's) would be
+unsound for responses that carry revisions. We check three necessary conditions instead; each is
+implied by the existence of a linearization of the whole history under the model above, so any
+violation any of them reports is a real violation:
+
+1. **revision order** (all operations, one partition): the model projected on the revision
+   counter alone. State = the exact store revision. A write that certainly wrote (put; delete with
+   deleted>0; txn whose taken branch puts) must report exactly revision+1; a read (and a no-op
+   write) must report exactly the current revision; a write that may or may not have written
+   (unknown outcome, revoke, delete without a count) may do either. This catches revisions going
+   backwards, duplicated or skipped revisions, and reads whose header revision is out of real-time
+   order, for all keys together. The state is one integer, so memoisation keeps it cheap.
+2. **per key** (one partition per key): the model projected on one key. Every operation touching
+   key k (ranges covering k, txns naming k, revokes of leases ever put on k) is projected on k.
+   The store revision is not known inside a partition, so the state holds a lower bound ``g`` of
+   it: writes must report a revision > g, reads a header revision >= g (then g := the reported
+   revision); a write with unknown outcome raises g by one and leaves the key's mod_revision
+   unknown (> the old g) until a read reports it. Compares on other keys are treated as unknown
+   (both branches allowed unless ``succeeded`` is known). This catches stale reads, lost or
+   reordered writes, values nobody wrote, wrong mod_revision/version/create_revision, and reads
+   whose header revision is older than a write they must have seen.
+   Projection is sound: projecting a valid global linearization on k gives a sequence these rules
+   accept, because g never exceeds the true revision at any point.
+3. **full model** (all operations, one partition), only when the history is small enough
+   (``full_max_ops``) and the budget allows: exact, including cross-key facts (multi-key txn
+   atomicity, range counts) that 1 and 2 cannot see. If it cannot finish, its verdict is dropped
+   (reported as skipped), not turned into a pass or a failure.
+
+Not checked here: serializable reads (they may be stale by design), historical reads, compaction.
+
+Violations
+----------
+A failing partition is narrowed to its **minimal violating window**: the partition's operations
+are cut at quiescent points (where every earlier operation returned before any later one was
+invoked, so every linearization of the whole must linearize the prefix first). The first prefix
+that cannot be linearized is found by bisection; the window is the operations between the
+previous cut and that prefix's end, shown with the model states possible just before it. An
+operation with unknown outcome never returns, so no cut falls after it: histories with many
+unknown writes give wider windows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .history import (
+    KV,
+    OK,
+    Compare,
+    Delete,
+    History,
+    LeaseExpired,
+    LeaseGrant,
+    LeaseRevoke,
+    Operation,
+    Put,
+    Range,
+    Response,
+    Txn,
+    TxnOp,
+    in_range,
+    request_keys,
+)
+from .report import CheckResult, merge
+
+INF = float("inf")
+
+# A key's record: (value, mod, lb, create, version, lease).
+# mod > 0: known; mod == 0: unknown, > lb; mod == -1: written by the op being applied.
+# create > 0: known; 0: unknown; -1: equal to mod (created by the write that set mod).
+Rec = tuple[str, int, int, int, int, int]
+State = tuple[int, tuple[tuple[str, Rec], ...], frozenset[int]]
+
+
+# ================================================================ search engine
+
+
+@dataclass
+class Budget:
+    seconds: float = 10.0
+    max_states: int = 2_000_000
+    started: float = field(default_factory=time.monotonic)
+    explored: int = 0
+
+    def exhausted(self) -> bool:
+        return self.explored >= self.max_states or time.monotonic() - self.started > self.seconds
+
+
+@dataclass
+class SearchResult:
+    status: str  # ok / violation / unknown
+    finals: set[Any] = field(default_factory=set)
+    deepest: int = 0  # most operations linearized on any path
+
+
+def search(
+    ops: Sequence[Operation],
+    init_states: Iterable[Any],
+    step: Callable[[Any, Operation], list[Any]],
+    budget: Budget,
+    collect: bool = False,
+) -> SearchResult:
+    """Porcupine-style search. ``ops`` must be sorted by invoke time. With ``collect`` every
+    final state is gathered instead of stopping at the first full linearization."""
+    n = len(ops)
+    inv = [op.invoke for op in ops]
+    ret: list[float] = [INF if op.status != OK or op.ret is None else op.ret for op in ops]
+    full = (1 << n) - 1
+    stack: list[tuple[int, Any]] = [(0, s) for s in init_states]
+    seen = set(stack)
+    result = SearchResult("violation")
+    tick = 0
+    while stack:
+        mask, st = stack.pop()
+        if mask == full:
+            if not collect:
+                return SearchResult("ok", deepest=n)
+            result.finals.add(st)
+            result.status = "ok"
+            continue
+        tick += 1
+        if tick & 255 == 0:
+            budget.explored += 256
+            if budget.exhausted():
+                return SearchResult("unknown", deepest=result.deepest)
+        depth = mask.bit_count()
+        if depth > result.deepest:
+            result.deepest = depth
+        lo = ((mask + 1) & ~mask).bit_length() - 1
+        minret = INF
+        cands: list[int] = []
+        i = lo
+        while i < n and inv[i] <= minret:
+            if not (mask >> i) & 1:
+                cands.append(i)
+                if ret[i] < minret:
+                    minret = ret[i]
+            i += 1
+        for c in reversed(cands):
+            if inv[c] > minret:
+                continue
+            nmask = mask | (1 << c)
+            for nst in step(st, ops[c]):
+                node = (nmask, nst)
+                if node not in seen:
+                    seen.add(node)
+                    stack.append(node)
+    budget.explored += tick & 255
+    return result
+
+
+# ================================================================ the KV model
+
+
+class _Ctx:
+    """Mutable working copy of a state while one operation is applied."""
+
+    __slots__ = ("g", "recs", "revoked", "wrote")
+
+    def __init__(self, g: int, recs: dict[str, Rec], revoked: frozenset[int]):
+        self.g = g
+        self.recs = recs
+        self.revoked = revoked
+        self.wrote: bool | None = False
+
+    def copy(self) -> _Ctx:
+        c = _Ctx(self.g, dict(self.recs), self.revoked)
+        c.wrote = self.wrote
+        return c
+
+    def freeze(self) -> State:
+        return (self.g, tuple(sorted(self.recs.items())), self.revoked)
+
+
+def _or(a: bool | None, b: bool | None) -> bool | None:
+    if a is True or b is True:
+        return True
+    if a is False and b is False:
+        return False
+    return None
+
+
+class KVModel:
+    """The model of the module docstring, projected on ``scope`` (None: every key).
+
+    ``exact``: the partition holds every write, so the store revision is known exactly;
+    otherwise it is a lower bound. ``known_revokes``: leases some operation revokes (for
+    ``lease_expired``).
+    """
+
+    def __init__(self, scope: frozenset[str] | None, exact: bool, known_revokes: frozenset[int]):
+        self.scope = scope
+        self.exact = exact
+        self.known_revokes = known_revokes
+
+    def init(self, revision: int) -> State:
+        return (revision, (), frozenset())
+
+    def inscope(self, key: str) -> bool:
+        return self.scope is None or key in self.scope
+
+    # -------------------------------------------------------- step
+
+    def step(self, state: State, op: Operation) -> list[State]:
+        ctx = _Ctx(state[0], dict(state[1]), state[2])
+        if op.status == OK:
+            resp = op.response or Response()
+            return self._finish(
+                state[0], self._apply(ctx, op.request, resp, resp.revision), resp.revision
+            )
+        # unknown outcome: no effect, or took effect with no response to check
+        out = [state]
+        out.extend(self._finish(state[0], self._apply(ctx, op.request, None, None), None))
+        return out
+
+    def _finish(self, g0: int, ctxs: list[_Ctx], rev: int | None) -> list[State]:
+        out: list[State] = []
+        for ctx in ctxs:
+            options = [True, False] if ctx.wrote is None else [ctx.wrote]
+            for wrote in options:
+                c = ctx.copy() if len(options) > 1 else ctx
+                if self._settle(c, g0, wrote, rev):
+                    out.append(c.freeze())
+        return out
+
+    def _settle(self, c: _Ctx, g0: int, wrote: bool, rev: int | None) -> bool:
+        """Apply the revision rules for the op just applied (g0: revision before it)."""
+        if wrote:
+            if self.exact:
+                new = g0 + 1
+                if rev is not None and rev != new:
+                    return False
+            elif rev is not None:
+                if rev <= g0 or rev < c.g:
+                    return False
+                new = rev
+            else:
+                new = 0  # unknown
+            for k, r in c.recs.items():
+                if r[1] == -1:
+                    if new:
+                        c.recs[k] = (r[0], new, 0, new if r[3] == -1 else r[3], r[4], r[5])
+                    else:
+                        c.recs[k] = (r[0], 0, g0, r[3], r[4], r[5])
+            c.g = new if new else g0 + 1
+            return True
+        if rev is not None:
+            if self.exact and rev != g0:
+                return False
+            if rev < c.g:
+                return False
+            c.g = rev
+        return True
+
+    def _apply(self, ctx: _Ctx, req: Any, resp: Response | None, header: int | None) -> list[_Ctx]:
+        if isinstance(req, Range):
+            return [ctx] if self._read(ctx, req, resp, header) else []
+        if isinstance(req, Put):
+            return self._put(ctx, req)
+        if isinstance(req, Delete):
+            return self._delete(ctx, req, resp)
+        if isinstance(req, Txn):
+            return self._txn(ctx, req, resp, header)
+        if isinstance(req, LeaseRevoke):
+            return self._revoke(ctx, req)
+        if isinstance(req, LeaseExpired):
+            if req.lease in self.known_revokes and req.lease not in ctx.revoked:
+                return []
+            return [ctx]
+        return [ctx]  # lease grant: no KV effect
+
+    def _read(self, ctx: _Ctx, req: Range, resp: Response | None, header: int | None) -> bool:
+        if resp is None or resp.kvs is None:
+            return True
+        expected = {k: r for k, r in ctx.recs.items() if in_range(k, req.key, req.end)}
+        got = [kv for kv in resp.kvs if self.inscope(kv.key)]
+        if len(got) != len(expected) or any(kv.key not in expected for kv in got):
+            return False
+        if self.scope is None and resp.count is not None and resp.count != len(expected):
+            return False
+        return all(self._match(ctx, kv, expected[kv.key], header) for kv in got)
+
+    def _match(self, ctx: _Ctx, kv: KV, rec: Rec, header: int | None) -> bool:
+        value, mod, lb, create, version, lease = rec
+        if kv.value != value:
+            return False
+        if kv.version is not None and kv.version != version:
+            return False
+        if kv.lease is not None and kv.lease != lease:
+            return False
+        m = kv.mod_revision
+        if mod > 0:
+            if m != mod:
+                return False
+        elif mod == 0:
+            if m <= lb or (header is not None and m > header):
+                return False
+            mod = m
+            if create == -1:
+                create = m
+            ctx.recs[kv.key] = (value, mod, 0, create, version, lease)
+        elif header is not None and m != header:  # written earlier in this same txn
+            return False
+        if kv.create_revision is not None:
+            if create > 0 and kv.create_revision != create:
+                return False
+            if create == -1 and mod > 0 and kv.create_revision != mod:
+                return False
+        return True
+
+    def _put(self, ctx: _Ctx, req: Put) -> list[_Ctx]:
+        if req.lease and req.lease in ctx.revoked:
+            return []
+        if self.inscope(req.key):
+            prev = ctx.recs.get(req.key)
+            if prev is None:
+                ctx.recs[req.key] = (req.value, -1, 0, -1, 1, req.lease)
+            else:
+                create = prev[3]
+                if create == -1:
+                    create = prev[1] if prev[1] > 0 else 0
+                ctx.recs[req.key] = (req.value, -1, 0, create, prev[4] + 1, req.lease)
+        ctx.wrote = True
+        return [ctx]
+
+    def _delete(self, ctx: _Ctx, req: Delete, resp: Response | None) -> list[_Ctx]:
+        gone = [k for k in ctx.recs if in_range(k, req.key, req.end)]
+        for k in gone:
+            del ctx.recs[k]
+        d = resp.deleted if resp is not None else None
+        fully_seen = self.scope is None or (req.end is None and req.key in self.scope)
+        if d is not None:
+            if d < len(gone) or (fully_seen and d != len(gone)):
+                return []
+            wrote: bool | None = d > 0
+        elif gone:
+            wrote = True
+        else:
+            wrote = False if fully_seen else None
+        ctx.wrote = _or(ctx.wrote, wrote)
+        return [ctx]
+
+    def _compare(self, ctx: _Ctx, c: Compare) -> bool | None:
+        if not self.inscope(c.key):
+            return None
+        rec = ctx.recs.get(c.key)
+        have: str | int
+        if rec is None:
+            if c.target == "value":
+                return False
+            have = 0
+        elif c.target == "value":
+            have = rec[0]
+        elif c.target == "mod":
+            if rec[1] <= 0:
+                return None
+            have = rec[1]
+        elif c.target == "create":
+            create = rec[3] if rec[3] != -1 else rec[1]
+            if create <= 0:
+                return None
+            have = create
+        elif c.target == "version":
+            have = rec[4]
+        else:
+            have = rec[5]
+        want = c.operand
+        if isinstance(have, int) and not isinstance(want, int):
+            want = int(want)
+        if c.op == "=":
+            return have == want
+        if c.op == "!=":
+            return have != want
+        if c.op == "<":
+            return have < want  # type: ignore[operator]
+        return have > want  # type: ignore[operator]
+
+    def _txn(self, ctx: _Ctx, req: Txn, resp: Response | None, header: int | None) -> list[_Ctx]:
+        truth: bool | None = True
+        for c in req.compares:
+            t = self._compare(ctx, c)
+            if t is False:
+                truth = False
+                break
+            if t is None:
+                truth = None
+        succeeded = resp.succeeded if resp is not None else None
+        if succeeded is None:
+            branches = [True, False] if truth is None else [truth]
+        else:
+            if truth is not None and truth != succeeded:
+                return []
+            branches = [succeeded]
+        out: list[_Ctx] = []
+        for b in branches:
+            ops = req.success if b else req.failure
+            subs = resp.responses if resp is not None else None
+            if subs is not None and len(subs) != len(ops):
+                subs = None
+            cur = [ctx.copy() if len(branches) > 1 else ctx]
+            for i, sub in enumerate(ops):
+                sresp = subs[i] if subs is not None else None
+                nxt: list[_Ctx] = []
+                for cc in cur:
+                    nxt.extend(self._apply_sub(cc, sub, sresp, header))
+                cur = nxt
+            out.extend(cur)
+        return out
+
+    def _apply_sub(
+        self, ctx: _Ctx, sub: TxnOp, resp: Response | None, header: int | None
+    ) -> list[_Ctx]:
+        if isinstance(sub, Range):
+            return [ctx] if self._read(ctx, sub, resp, header) else []
+        if isinstance(sub, Put):
+            return self._put(ctx, sub)
+        return self._delete(ctx, sub, resp)
+
+    def _revoke(self, ctx: _Ctx, req: LeaseRevoke) -> list[_Ctx]:
+        gone = [k for k, r in ctx.recs.items() if r[5] == req.lease]
+        for k in gone:
+            del ctx.recs[k]
+        ctx.revoked = ctx.revoked | {req.lease}
+        if gone:
+            ctx.wrote = True
+        else:
+            ctx.wrote = _or(ctx.wrote, False if self.scope is None else None)
+        return [ctx]
+
+
+# ================================================================ driver
+
+
+def _relevant(op: Operation) -> bool:
+    if op.status not in (OK, "unknown"):
+        return False  # definite error: no effect
+    req = op.request
+    if isinstance(req, LeaseGrant):
+        return False
+    if isinstance(req, Range):
+        return op.status == OK and not req.serializable
+    if isinstance(req, LeaseExpired):
+        return op.status == OK
+    return True
+
+
+def _write_keys(req: Any) -> set[str]:
+    if isinstance(req, Put):
+        return {req.key}
+    if isinstance(req, Txn):
+        out: set[str] = set()
+        for o in (*req.success, *req.failure):
+            out |= _write_keys(o)
+        return out
+    return set()
+
+
+def _leases_of(req: Any) -> set[int]:
+    if isinstance(req, Put):
+        return {req.lease} if req.lease else set()
+    if isinstance(req, Txn):
+        out: set[int] = set()
+        for o in (*req.success, *req.failure):
+            out |= _leases_of(o)
+        return out
+    return set()
+
+
+def _ranges(req: Any) -> list[tuple[str, str | None]]:
+    if isinstance(req, (Range, Delete)):
+        return [(req.key, req.end)]
+    if isinstance(req, Txn):
+        return [
+            (o.key, o.end) for o in (*req.success, *req.failure) if isinstance(o, (Range, Delete))
+        ]
+    return []
+
+
+def _response_keys(resp: Response | None) -> set[str]:
+    if resp is None:
+        return set()
+    out = {kv.key for kv in resp.kvs or ()}
+    for sub in resp.responses or ():
+        out |= _response_keys(sub)
+    return out
+
+
+def partitions(ops: Sequence[Operation]) -> dict[str, list[Operation]]:
+    """Per-key projections: every op that touches each key (see module docstring)."""
+    keys: set[str] = set()
+    key_leases: dict[str, set[int]] = {}
+    for op in ops:
+        keys |= request_keys(op.request) | _response_keys(op.response)
+        for k in _write_keys(op.request):
+            key_leases.setdefault(k, set()).update(_leases_of(op.request))
+    parts: dict[str, list[Operation]] = {k: [] for k in sorted(keys)}
+    for op in ops:
+        req = op.request
+        if isinstance(req, (LeaseRevoke, LeaseExpired)):
+            for k, leases in key_leases.items():
+                if req.lease in leases:
+                    parts[k].append(op)
+            continue
+        named = request_keys(req) | _response_keys(op.response)
+        rngs = [r for r in _ranges(req) if r[1] is not None]
+        for k in keys:
+            if k in named or any(in_range(k, a, b) for a, b in rngs):
+                parts[k].append(op)
+    return parts
+
+
+@dataclass
+class _Part:
+    name: str
+    ops: list[Operation]
+    model: KVModel
+
+
+def check(
+    history: History,
+    *,
+    seconds: float = 10.0,
+    max_states: int = 2_000_000,
+    full_max_ops: int = 200,
+) -> CheckResult:
+    """Check the KV operations of ``history``; see the module docstring for exactly what."""
+    budget = Budget(seconds=seconds, max_states=max_states)
+    ops = sorted((op for op in history.operations if _relevant(op)), key=lambda o: (o.invoke, o.id))
+    known_revokes = frozenset(op.request.lease for op in ops if isinstance(op.request, LeaseRevoke))
+    parts = [_Part("revision order", ops, KVModel(frozenset(), True, known_revokes))]
+    for key, pops in partitions(ops).items():
+        parts.append(_Part(f"key {key!r}", pops, KVModel(frozenset({key}), False, known_revokes)))
+    results: list[CheckResult] = []
+    for part in parts:
+        results.append(_check_part(part, history.initial_revision, budget))
+        if results[-1].status == "violation":
+            break
+    verdict = merge("linearizability", results)
+    if verdict.status == "ok" and len(ops) <= full_max_ops:
+        sub = Budget(
+            seconds=max(0.5, seconds - (time.monotonic() - budget.started)), max_states=max_states
+        )
+        full = _check_part(
+            _Part("full model", ops, KVModel(None, True, known_revokes)),
+            history.initial_revision,
+            sub,
+        )
+        if full.status == "unknown":
+            verdict.summary = (verdict.summary + "; " if verdict.summary else "") + (
+                "full cross-key model skipped (budget)"
+            )
+        else:
+            verdict = merge("linearizability", results + [full])
+    elif verdict.status == "ok":
+        verdict.summary += f"; full cross-key model skipped ({len(ops)} ops > {full_max_ops})"
+    verdict.summary = verdict.summary.strip("; ")
+    return verdict
+
+
+def _check_part(part: _Part, initial_revision: int, budget: Budget) -> CheckResult:
+    init = [part.model.init(initial_revision)]
+    res = search(part.ops, init, part.model.step, budget)
+    if res.status == "ok":
+        return CheckResult(part.name, "ok", "")
+    if res.status == "unknown":
+        return CheckResult(part.name, "unknown", f"search budget exhausted ({len(part.ops)} ops)")
+    details = minimal_window(part, initial_revision, budget)
+    return CheckResult(part.name, "violation", "history is not linearizable", details)
+
+
+def _cuts(ops: Sequence[Operation]) -> list[int]:
+    """Indices c such that every op before c returned before op c was invoked."""
+    cuts = []
+    last_ret: float = -INF
+    for i, op in enumerate(ops):
+        if i > 0 and last_ret < op.invoke:
+            cuts.append(i)
+        r = INF if op.status != OK or op.ret is None else op.ret
+        last_ret = max(last_ret, r)
+    cuts.append(len(ops))
+    return cuts
+
+
+def minimal_window(part: _Part, initial_revision: int, budget: Budget) -> list[str]:
+    ops = part.ops
+    init = [part.model.init(initial_revision)]
+    cuts = _cuts(ops)
+    lo, hi = 0, len(cuts) - 1  # cuts[hi] fails (whole history)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        r = search(ops[: cuts[mid]], init, part.model.step, budget)
+        if r.status == "unknown":
+            return ["(window search ran out of budget)"]
+        if r.status == "violation":
+            hi = mid
+        else:
+            lo = mid + 1
+    end = cuts[hi]
+    start = cuts[hi - 1] if hi > 0 else 0
+    lines = [f"minimal violating window: ops {start}..{end - 1} of {len(ops)} in this partition"]
+    if start:
+        before = search(ops[:start], init, part.model.step, budget, collect=True)
+        if before.status == "ok":
+            states = sorted(before.finals, key=repr)
+            shown = ", ".join(_state_text(s) for s in states[:3])
+            more = f" (+{len(states) - 3} more)" if len(states) > 3 else ""
+            lines.append(f"possible states before it: {shown}{more}")
+    lines.extend("  " + op.describe() for op in ops[start:end])
+    return lines
+
+
+def _state_text(state: State) -> str:
+    g, recs, revoked = state
+    parts = []
+    for k, (value, mod, lb, _create, version, lease) in recs:
+        at = str(mod) if mod > 0 else f">{lb}"
+        parts.append(f"{k}={value!r}@{at} v{version}{f' lease={lease}' if lease else ''}")
+    body = ", ".join(parts) if parts else "-"
+    return f"{{rev>={g}: {body}}}"
