@@ -140,8 +140,13 @@ def search(
     collect: bool = False,
 ) -> SearchResult:
     """Porcupine-style search. ``ops`` must be sorted by invoke time. With ``collect`` every
-    final state is gathered instead of stopping at the first full linearization."""
+    final state is gathered instead of stopping at the first full linearization.
+
+    Candidates are tried in the order of :func:`_priority` (by reported revision): only the
+    order of exploration changes, never the set of nodes that may be explored, so the verdict
+    is the same; without it a wide window of concurrent writes backtracks a lot."""
     n = len(ops)
+    prio = [_priority(op) for op in ops]
     inv = [op.invoke for op in ops]
     ret: list[float] = [INF if op.status != OK or op.ret is None else op.ret for op in ops]
     full = (1 << n) - 1
@@ -175,9 +180,10 @@ def search(
                 if ret[i] < minret:
                     minret = ret[i]
             i += 1
+        cands = [c for c in cands if inv[c] <= minret]
+        if len(cands) > 1:
+            cands.sort(key=prio.__getitem__)
         for c in reversed(cands):
-            if inv[c] > minret:
-                continue
             nmask = mask | (1 << c)
             for nst in step(st, ops[c]):
                 node = (nmask, nst)
@@ -186,6 +192,29 @@ def search(
                     stack.append(node)
     budget.explored += tick & 255
     return result
+
+
+def _priority(op: Operation) -> tuple[float, int, int]:
+    """Try first what the responses say happened first: a write producing revision R, then
+    reads at R; operations with unknown outcome last (they are optional)."""
+    resp = op.response
+    if op.status != OK or resp is None or resp.revision is None:
+        return (INF, 1, op.invoke)
+    req = op.request
+    if isinstance(req, Put):
+        return (resp.revision, 0, op.invoke)
+    if isinstance(req, Txn) and resp.succeeded is not None:
+        if _branch_writes(req, resp.succeeded):
+            return (resp.revision, 0, op.invoke)
+    if isinstance(req, Delete) and resp.deleted:
+        return (resp.revision, 0, op.invoke)
+    # reads, no-op writes, and writes that may not have written (revoke, uncounted delete):
+    # after any write that claims the same revision
+    return (resp.revision, 1, op.invoke)
+
+
+def _branch_writes(req: Txn, succeeded: bool) -> bool:
+    return any(not isinstance(o, Range) for o in (req.success if succeeded else req.failure))
 
 
 # ================================================================ the KV model
@@ -540,11 +569,12 @@ def partitions(ops: Sequence[Operation]) -> dict[str, list[Operation]]:
                 if req.lease in leases:
                     parts[k].append(op)
             continue
-        named = request_keys(req) | _response_keys(op.response)
-        rngs = [r for r in _ranges(req) if r[1] is not None]
-        for k in keys:
-            if k in named or any(in_range(k, a, b) for a, b in rngs):
-                parts[k].append(op)
+        touched = request_keys(req) | _response_keys(op.response)
+        for a, b in _ranges(req):
+            if b is not None:
+                touched.update(k for k in keys if in_range(k, a, b))
+        for k in sorted(touched):
+            parts[k].append(op)
     return parts
 
 
@@ -637,15 +667,44 @@ def minimal_window(part: _Part, initial_revision: int, budget: Budget) -> list[s
     end = cuts[hi]
     start = cuts[hi - 1] if hi > 0 else 0
     lines = [f"minimal violating window: ops {start}..{end - 1} of {len(ops)} in this partition"]
+    states: list[Any] | None = init
     if start:
         before = search(ops[:start], init, part.model.step, budget, collect=True)
-        if before.status == "ok":
-            states = sorted(before.finals, key=repr)
+        states = sorted(before.finals, key=repr) if before.status == "ok" else None
+        if states is not None:
             shown = ", ".join(_state_text(s) for s in states[:3])
             more = f" (+{len(states) - 3} more)" if len(states) > 3 else ""
             lines.append(f"possible states before it: {shown}{more}")
-    lines.extend("  " + op.describe() for op in ops[start:end])
+    window = list(ops[start:end])
+    lines.extend("  " + op.describe() for op in window)
+    if states is not None:
+        witness = _drop_reads(window, states, part.model, budget)
+        if len(witness) < len(window):
+            lines.append("smallest witness (reads not needed for the violation removed):")
+            lines.extend("  " + op.describe() for op in witness)
     return lines
+
+
+def _is_read(op: Operation) -> bool:
+    return op.status == OK and isinstance(op.request, (Range, LeaseExpired))
+
+
+def _drop_reads(
+    window: list[Operation], states: list[Any], model: KVModel, budget: Budget
+) -> list[Operation]:
+    """Remove reads while the window still fails. Sound: dropping a read only removes
+    constraints, so a smaller window that still fails is a genuine witness. (Writes, and
+    operations with unknown outcome, may explain other responses and are never dropped.)"""
+    cur = window
+    for op in reversed(window):
+        if not _is_read(op) or len(cur) == 1:
+            continue
+        trial = [o for o in cur if o is not op]
+        if budget.exhausted():
+            break
+        if search(trial, states, model.step, budget).status == "violation":
+            cur = trial
+    return cur
 
 
 def _state_text(state: State) -> str:

@@ -71,6 +71,10 @@ def mutate(h: History, rng: random.Random, kind: str) -> History:
         else:
             resp = replace(op.response, revision=(op.response.revision or 0) + 1000)
         return _set(h, i, replace(op, response=resp))
+    if kind == "stale_read":
+        return _stale_read(h, rng)
+    if kind == "lost_write":
+        return _lost_write(h, rng)
     if kind == "dup_revision":
         i, j = rng.sample(_puts(h), 2)
         a, b = h.operations[i], h.operations[j]
@@ -90,20 +94,76 @@ def mutate(h: History, rng: random.Random, kind: str) -> History:
     return History(h.operations, [nw if x is w else x for x in h.watches], h.initial_revision)
 
 
-KINDS = ["bogus_value", "mod_shift", "future_header", "dup_revision", "dup_event", "swap_events"]
+def _acked_puts(h: History, key: str) -> list[Operation]:
+    return [op for op in h.operations if op.status == OK and isinstance(op.request, Put)
+            and op.request.key == key and op.response is not None]
 
 
-@pytest.mark.parametrize("seed", range(60))
+def _stale_read(h: History, rng: random.Random) -> History:
+    """A read returns the value of an acknowledged put older than another acknowledged put of
+    the same key that returned before the read was invoked: never linearizable."""
+    cands = []
+    for i in _reads(h):
+        op = h.operations[i]
+        req = op.request
+        assert isinstance(req, Range) and op.ret is not None
+        if req.end is not None or op.response is None or not op.response.kvs:
+            continue
+        puts = _acked_puts(h, req.key)
+        for p in puts:
+            if p.ret is not None and p.ret < op.invoke:
+                older = [q for q in puts if q.response and p.response
+                         and (q.response.revision or 0) < (p.response.revision or 0)]
+                if older:
+                    cands.append((i, rng.choice(older)))
+    i, q = rng.choice(cands)
+    op = h.operations[i]
+    assert op.response is not None and op.response.kvs and q.response is not None
+    assert isinstance(q.request, Put) and q.response.revision is not None
+    kv = replace(op.response.kvs[0], value=q.request.value, mod_revision=q.response.revision,
+                 create_revision=None, version=None, lease=None)
+    return _set(h, i, replace(op, response=replace(op.response, kvs=(kv,))))
+
+
+def _lost_write(h: History, rng: random.Random) -> History:
+    """The final read loses a key whose last write was an acknowledged put without lease and
+    nothing could have deleted it afterwards."""
+    i = len(h.operations) - 1
+    fin = h.operations[i]
+    assert fin.response is not None and fin.response.kvs
+    cands = []
+    for j, kv in enumerate(fin.response.kvs):
+        w = next((op for op in _acked_puts(h, kv.key)
+                  if op.response and op.response.revision == kv.mod_revision), None)
+        if w is not None and isinstance(w.request, Put) and not w.request.lease:
+            cands.append(j)
+    j = rng.choice(cands)
+    kvs = fin.response.kvs[:j] + fin.response.kvs[j + 1:]
+    return _set(h, i, replace(fin, response=replace(fin.response, kvs=kvs, count=len(kvs))))
+
+
+KINDS = ["bogus_value", "mod_shift", "future_header", "dup_revision", "stale_read",
+         "lost_write", "dup_event", "swap_events"]
+
+
+@pytest.mark.parametrize("seed", range(80))
 def test_mutated_histories_fail(seed: int) -> None:
     rng = random.Random(seed)
-    h = random_history(seed, n=60, width=30)
     kind = KINDS[seed % len(KINDS)]
-    bad = mutate(h, rng, kind)
+    for attempt in range(20):  # some histories offer no candidate for a mutation kind
+        h = random_history(seed * 100 + attempt, n=60, width=30)
+        try:
+            bad = mutate(h, rng, kind)
+            break
+        except (IndexError, ValueError, AssertionError):
+            continue
+    else:
+        pytest.fail(f"no history offered a {kind} mutation")
     if kind in ("dup_event", "swap_events"):
         r = watch.check(bad)
     else:
         r = linearizability.check(bad, seconds=5)
     assert r.status == "violation", f"{kind}: {r.to_text()}"
-    if kind == "bogus_value":
-        assert set_check.check(bad).status == "violation"
+    if kind in ("bogus_value", "lost_write"):
+        assert set_check.check(bad).status == "violation", set_check.check(bad).to_text()
     assert check_all(bad, seconds=5).status == "violation"
