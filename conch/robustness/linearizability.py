@@ -77,6 +77,7 @@ unknown writes give wider windows.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -146,7 +147,7 @@ def search(
     order of exploration changes, never the set of nodes that may be explored, so the verdict
     is the same; without it a wide window of concurrent writes backtracks a lot."""
     n = len(ops)
-    prio = [_priority(op) for op in ops]
+    prio = _priorities(ops)
     inv = [op.invoke for op in ops]
     ret: list[float] = [INF if op.status != OK or op.ret is None else op.ret for op in ops]
     full = (1 << n) - 1
@@ -192,6 +193,33 @@ def search(
                     stack.append(node)
     budget.explored += tick & 255
     return result
+
+
+def _priorities(ops: Sequence[Operation]) -> list[tuple[float, int, int]]:
+    """Per op, the order to try candidates in (see :func:`_priority`). An op with unknown
+    outcome is tried right after the highest revision reported by any op that returned before
+    it was invoked: deferring it to the end would keep it pending through the whole history,
+    and every backtrack after that would pay for all its possible positions."""
+    done = sorted(
+        (op.ret, op.response.revision)
+        for op in ops
+        if op.status == OK
+        and op.ret is not None
+        and op.response is not None
+        and op.response.revision is not None
+    )
+    rets = [r for r, _ in done]
+    best: list[int] = []
+    for _, rev in done:
+        best.append(max(rev, best[-1]) if best else rev)
+    out = []
+    for op in ops:
+        p = _priority(op)
+        if p[0] == INF:
+            i = bisect.bisect_left(rets, op.invoke)
+            p = ((best[i - 1] if i else 0) + 0.5, 1, op.invoke)
+        out.append(p)
+    return out
 
 
 def _priority(op: Operation) -> tuple[float, int, int]:
