@@ -124,7 +124,9 @@ class WriteIndex:
                 f"{kv.key}={kv.value!r}@{kv.mod_revision}: revision {kv.mod_revision} of "
                 f"this key was written by #{at.op.id} as {at.kind} {at.value!r}"
             )
-        if all(w.acked for w in ws) and kv.mod_revision not in {w.revision for w in ws}:
+        if all(w.acked and w.revision is not None for w in ws) and kv.mod_revision not in {
+            w.revision for w in ws
+        }:
             revs = sorted(w.revision for w in ws if w.revision is not None)
             return (
                 f"{kv.key}={kv.value!r}@{kv.mod_revision}: this value was written only at "

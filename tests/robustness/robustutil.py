@@ -117,8 +117,10 @@ class Ref:
                 return False
             have: str | int = 0
         else:
-            have = {"value": kv.value, "mod": kv.mod_revision, "create": kv.create_revision,
-                    "version": kv.version, "lease": kv.lease}[c.target] or 0
+            fields: dict[str, str | int | None] = {
+                "value": kv.value, "mod": kv.mod_revision, "create": kv.create_revision,
+                "version": kv.version, "lease": kv.lease}
+            have = fields[c.target] or 0
         return {"=": have == c.operand, "!=": have != c.operand}.get(
             c.op, have < c.operand if c.op == "<" else have > c.operand)  # type: ignore[operator]
 

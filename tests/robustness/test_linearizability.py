@@ -18,9 +18,10 @@ from conch.robustness.history import (
     Response,
     Txn,
 )
+from conch.robustness.report import CheckResult
 
 
-def lin(b: B) -> linearizability.CheckResult:
+def lin(b: B) -> CheckResult:
     return linearizability.check(b.h, seconds=5)
 
 
@@ -294,7 +295,6 @@ def test_budget_exhaustion_is_unknown_not_pass() -> None:
     b.get(99, 101, 102, "k0", 1, KV("k0", "v", 2))
     r = linearizability.check(b.h, seconds=0.2, max_states=2000)
     assert r.status in ("unknown", "violation")
-    assert r.status != "ok"
 
 
 def test_empty_history() -> None:
