@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,15 +139,23 @@ def search(
     step: Callable[[Any, Operation], list[Any]],
     budget: Budget,
     collect: bool = False,
+    symmetry: Callable[[Operation], Hashable | None] | None = None,
 ) -> SearchResult:
     """Porcupine-style search. ``ops`` must be sorted by invoke time. With ``collect`` every
     final state is gathered instead of stopping at the first full linearization.
 
     Candidates are tried in the order of :func:`_priority` (by reported revision): only the
     order of exploration changes, never the set of nodes that may be explored, so the verdict
-    is the same; without it a wide window of concurrent writes backtracks a lot."""
+    is the same; without it a wide window of concurrent writes backtracks a lot.
+
+    ``symmetry`` gives operations with unknown outcome a class when every op of the class has
+    the same effect on the model state; of the pending candidates of one class only the
+    earliest invoked is tried. Sound and complete: both are pending candidates that never
+    return, so any linearization using the later one here and the earlier one later stays
+    valid with the two swapped, and yields the same states."""
     n = len(ops)
     prio = _priorities(ops)
+    sym = [symmetry(op) if symmetry is not None else None for op in ops]
     inv = [op.invoke for op in ops]
     ret: list[float] = [INF if op.status != OK or op.ret is None else op.ret for op in ops]
     full = (1 << n) - 1
@@ -182,6 +190,17 @@ def search(
                     minret = ret[i]
             i += 1
         cands = [c for c in cands if inv[c] <= minret]
+        if len(cands) > 1:
+            classes: set[Hashable] = set()
+            kept = []
+            for c in cands:  # index order = invoke order
+                k = sym[c]
+                if k is not None:
+                    if k in classes:
+                        continue
+                    classes.add(k)
+                kept.append(c)
+            cands = kept
         if len(cands) > 1:
             cands.sort(key=prio.__getitem__)
         for c in reversed(cands):
@@ -291,6 +310,27 @@ class KVModel:
 
     def init(self, revision: int) -> State:
         return (revision, (), frozenset())
+
+    def symmetry(self, op: Operation) -> Hashable | None:
+        """Class of interchangeable unknown-outcome ops (see :func:`search`): those that can
+        only raise the revision by one or leave it, touching no key or lease of this model."""
+        if op.status == OK or self.scope is None:
+            return None
+        req = op.request
+        if not isinstance(req, (Put, Delete, Txn)) or _leases_of(req):
+            return None
+        subs = (*req.success, *req.failure) if isinstance(req, Txn) else (req,)
+        for o in subs:
+            if isinstance(o, Range):
+                continue
+            if isinstance(o, Delete) and o.end is not None:
+                if self.scope:
+                    return None  # may delete an in-scope key
+            elif self.inscope(o.key):
+                return None
+        if isinstance(req, Txn) and any(self.inscope(c.key) for c in req.compares):
+            return None  # whether it writes at all depends on in-scope state
+        return "w"
 
     def inscope(self, key: str) -> bool:
         return self.scope is None or key in self.scope
@@ -656,7 +696,7 @@ def check(
 
 def _check_part(part: _Part, initial_revision: int, budget: Budget) -> CheckResult:
     init = [part.model.init(initial_revision)]
-    res = search(part.ops, init, part.model.step, budget)
+    res = search(part.ops, init, part.model.step, budget, symmetry=part.model.symmetry)
     if res.status == "ok":
         return CheckResult(part.name, "ok", "")
     if res.status == "unknown":
@@ -685,7 +725,7 @@ def minimal_window(part: _Part, initial_revision: int, budget: Budget) -> list[s
     lo, hi = 0, len(cuts) - 1  # cuts[hi] fails (whole history)
     while lo < hi:
         mid = (lo + hi) // 2
-        r = search(ops[: cuts[mid]], init, part.model.step, budget)
+        r = search(ops[: cuts[mid]], init, part.model.step, budget, symmetry=part.model.symmetry)
         if r.status == "unknown":
             return ["(window search ran out of budget)"]
         if r.status == "violation":
@@ -697,7 +737,9 @@ def minimal_window(part: _Part, initial_revision: int, budget: Budget) -> list[s
     lines = [f"minimal violating window: ops {start}..{end - 1} of {len(ops)} in this partition"]
     states: list[Any] | None = init
     if start:
-        before = search(ops[:start], init, part.model.step, budget, collect=True)
+        before = search(
+            ops[:start], init, part.model.step, budget, collect=True, symmetry=part.model.symmetry
+        )
         states = sorted(before.finals, key=repr) if before.status == "ok" else None
         if states is not None:
             shown = ", ".join(_state_text(s) for s in states[:3])
@@ -730,7 +772,7 @@ def _drop_reads(
         trial = [o for o in cur if o is not op]
         if budget.exhausted():
             break
-        if search(trial, states, model.step, budget).status == "violation":
+        if search(trial, states, model.step, budget, symmetry=model.symmetry).status == "violation":
             cur = trial
     return cur
 

@@ -14,7 +14,8 @@ What is checked
   acknowledged write of that key with the highest revision not above the final read's revision.
   If W is a put: the key must be present with mod_revision >= W's revision (== means W's value),
   or absent only if some later deletion was possible (a delete or txn-delete of the key with
-  unknown outcome or a revision above W, or a revoke/expiry of W's lease). If W is a delete: the
+  unknown outcome or a revision above W; W's lease expiring; or a put of the key with a lease,
+  unknown outcome or a revision above W, whose lease then expired). If W is a delete: the
   key is absent, or present with a newer mod_revision.
 """
 
@@ -248,6 +249,13 @@ def _may_be_deleted_after(idx: WriteIndex, w: Write) -> bool:
                 return True
     if w.lease:
         return True  # expiry needs no client op; revoke checked by the lease checker
+    for p in idx.all:
+        # a later put with a lease (unknown outcome, or acknowledged above w) may have replaced
+        # w and then gone with its lease
+        if p.kind == "put" and p.key == w.key and p.lease and p is not w:
+            if p.revision is None or p.revision > w.revision:
+                if p.op.status != OK or p.op.ret is None or p.op.ret > w.op.invoke:
+                    return True
     return False
 
 

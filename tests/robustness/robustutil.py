@@ -170,7 +170,7 @@ KEYS = ["a", "b", "c"]
 
 
 def random_history(seed: int, n: int = 40, width: int = 25, p_unknown: float = 0.1,
-                   watchers: int = 2) -> History:
+                   watchers: int = 2, keys: list[str] = KEYS) -> History:
     """Linearizable by construction: op i takes effect at time 10*i+5 in the reference model;
     its invoke/return are drawn around that point, so windows overlap up to ``width``."""
     rng = random.Random(seed)
@@ -180,7 +180,7 @@ def random_history(seed: int, n: int = 40, width: int = 25, p_unknown: float = 0
     lease_ids = [101, 102]
     for i in range(n):
         t = 10 * i + 5
-        key = rng.choice(KEYS)
+        key = rng.choice(keys)
         roll = rng.random()
         vid += 1
         value = f"v{vid}"
@@ -201,7 +201,7 @@ def random_history(seed: int, n: int = 40, width: int = 25, p_unknown: float = 0
             else:
                 val = cur.value if cur and rng.random() < 0.7 else "nope"
                 cmp = Compare(key, "value", "=", val)
-            other = rng.choice(KEYS)
+            other = rng.choice(keys)
             req = Txn((cmp,), (Put(key, value),), (Range(other),))
         else:
             req = LeaseRevoke(rng.choice(lease_ids))

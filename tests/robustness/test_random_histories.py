@@ -12,10 +12,12 @@ from robustutil import random_history
 from conch.robustness import check_all, linearizability, set_check, watch
 from conch.robustness.history import (
     OK,
+    Delete,
     History,
     Operation,
     Put,
     Range,
+    Txn,
     WatchRecord,
 )
 
@@ -125,6 +127,19 @@ def _stale_read(h: History, rng: random.Random) -> History:
     return _set(h, i, replace(op, response=replace(op.response, kvs=(kv,))))
 
 
+def _may_vanish(h: History, key: str) -> bool:
+    """Some put of the key used a lease, or some delete of it had an unknown outcome."""
+    for op in h.operations:
+        req = op.request
+        subs = (*req.success, *req.failure) if isinstance(req, Txn) else (req,)
+        for o in subs:
+            if isinstance(o, Put) and o.key == key and o.lease:
+                return True
+            if isinstance(o, Delete) and o.key == key and op.status != OK:
+                return True
+    return False
+
+
 def _lost_write(h: History, rng: random.Random) -> History:
     """The final read loses a key whose last write was an acknowledged put without lease and
     nothing could have deleted it afterwards."""
@@ -135,7 +150,7 @@ def _lost_write(h: History, rng: random.Random) -> History:
     for j, kv in enumerate(fin.response.kvs):
         w = next((op for op in _acked_puts(h, kv.key)
                   if op.response and op.response.revision == kv.mod_revision), None)
-        if w is not None and isinstance(w.request, Put) and not w.request.lease:
+        if w is not None and isinstance(w.request, Put) and not _may_vanish(h, kv.key):
             cands.append(j)
     j = rng.choice(cands)
     kvs = fin.response.kvs[:j] + fin.response.kvs[j + 1:]
@@ -151,7 +166,8 @@ def test_mutated_histories_fail(seed: int) -> None:
     rng = random.Random(seed)
     kind = KINDS[seed % len(KINDS)]
     for attempt in range(20):  # some histories offer no candidate for a mutation kind
-        h = random_history(seed * 100 + attempt, n=60, width=30)
+        keys = ["a", "b", "c", "d", "e", "f", "g", "h"] if kind == "lost_write" else ["a", "b", "c"]
+        h = random_history(seed * 100 + attempt, n=60, width=30, keys=keys)
         try:
             bad = mutate(h, rng, kind)
             break
