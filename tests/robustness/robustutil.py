@@ -193,7 +193,7 @@ def random_history(seed: int, n: int = 40, width: int = 25, p_unknown: float = 0
             req = Put(key, value, lease=rng.choice(lease_ids))
         elif roll < 0.72:
             req = Delete(key)
-        elif roll < 0.92:
+        elif roll < 0.88:
             cur = ref.kv.get(key)
             if rng.random() < 0.5:
                 mod = cur.mod_revision if cur and rng.random() < 0.7 else rng.randint(0, ref.rev)
@@ -203,6 +203,9 @@ def random_history(seed: int, n: int = 40, width: int = 25, p_unknown: float = 0
                 cmp = Compare(key, "value", "=", val)
             other = rng.choice(keys)
             req = Txn((cmp,), (Put(key, value),), (Range(other),))
+        elif roll < 0.96:
+            other = rng.choice([k for k in keys if k != key])
+            req = Txn((), (Put(key, value), Put(other, value + "'")))  # multi-key, one revision
         else:
             req = LeaseRevoke(rng.choice(lease_ids))
         invoke = t - rng.randint(1, width)
