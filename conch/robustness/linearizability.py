@@ -141,6 +141,7 @@ class SearchResult:
     status: str  # ok / violation / unknown
     finals: set[Any] = field(default_factory=set)
     deepest: int = 0  # most operations linearized on any path
+    deepest_mask: int = 0
 
 
 def search(
@@ -189,6 +190,7 @@ def search(
         depth = mask.bit_count()
         if depth > result.deepest:
             result.deepest = depth
+            result.deepest_mask = mask
         lo = ((mask + 1) & ~mask).bit_length() - 1
         minret = INF
         cands: list[int] = []
@@ -724,6 +726,18 @@ def _check_part(
     if res.status == "unknown":
         return CheckResult(part.name, "unknown", f"search budget exhausted ({len(part.ops)} ops)")
     details = minimal_window(part, initial_revision, Budget(window_seconds, budget.max_states))
+    stuck = [
+        op
+        for i, op in enumerate(part.ops)
+        if op.status == OK and not (res.deepest_mask >> i) & 1 and op.ret is not None
+    ]
+    if stuck:
+        first = min(stuck, key=lambda o: o.ret or 0)
+        details.insert(
+            0,
+            f"the longest partial linearization holds {res.deepest} of {len(part.ops)} ops; "
+            f"the earliest-returning op it could not place: {first.describe()}",
+        )
     return CheckResult(part.name, "violation", "history is not linearizable", details)
 
 
