@@ -15,7 +15,8 @@ Per watch (one create request and the responses it got)
 -------------------------------------------------------
 - **filters honoured**: every event is in the watched key range; no put with NOPUT, no delete
   with NODELETE; no event below the start revision (etcd#20221).
-- **ordered**: event revisions never decrease along the watch; header revisions never decrease.
+- **ordered**: event revisions never decrease along the watch; header revisions never decrease;
+  the created response (if recorded) precedes every event; nothing follows a cancellation.
 - **unique**: no (revision, key) delivered twice.
 - **atomic**: a revision's events are not split across responses, except across a response
   marked ``fragment``.
@@ -172,12 +173,21 @@ def _check_watch(w: WatchRecord, log: EventLog, compact_revision: int) -> list[s
     header = 0
     floor = 0  # highest progress notification
     prev_fragment = False
+    saw_events = False
+    canceled = False
     for r in w.responses:
+        if canceled:
+            out.append(f"{name}: a response arrived after the watch was cancelled")
+            break
+        if r.created and saw_events:
+            out.append(f"{name}: the created response came after events")
         if r.revision < header:
             out.append(f"{name}: header revision went back from {header} to {r.revision}")
         header = max(header, r.revision)
         if r.canceled:
-            break
+            canceled = True
+            continue
+        saw_events = saw_events or bool(r.events)
         at_start = last_rev
         for ev in r.events:
             rev, key = ev.kv.mod_revision, ev.kv.key

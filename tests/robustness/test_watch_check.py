@@ -185,3 +185,18 @@ def test_compaction_cancel_stops_reliability() -> None:
     b = base()
     b.watch(ALL, WatchResponse(1, 4, canceled=True, compact_revision=3))
     assert status(b) == "ok"
+
+
+def test_is_create_flag_and_sequencing() -> None:
+    b = base()
+    b.watch(WatchRequest("a", start_revision=2),
+            wresp(1, 2, ev_put("a", "1", 2, version=2, create=2)))
+    assert "version 2 but create_revision 2" in watch.check(b.h).summary
+    b2 = base()
+    b2.watch(WatchRequest("a", start_revision=2), wresp(1, 2, ev_put("a", "1", 2)),
+             WatchResponse(2, 2, created=True))
+    assert "created response came after" in watch.check(b2.h).summary
+    b3 = base()
+    b3.watch(WatchRequest("a", start_revision=2), wresp(1, 2, ev_put("a", "1", 2)),
+             WatchResponse(2, 3, canceled=True), wresp(3, 4, ev_put("a", "2", 4)))
+    assert "after the watch was cancelled" in watch.check(b3.h).summary
