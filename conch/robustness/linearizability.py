@@ -80,9 +80,9 @@ A failing partition is narrowed to its **minimal violating window**: the partiti
 are cut at quiescent points (where every earlier operation returned before any later one was
 invoked, so every linearization of the whole must linearize the prefix first). The first prefix
 that cannot be linearized is found by bisection; the window is the operations between the
-previous cut and that prefix's end, shown with the model states possible just before it. An
-operation with unknown outcome never returns, so no cut falls after it: histories with many
-unknown writes give wider windows.
+previous cut and that prefix's end, shown with the model states possible just before it.
+Operations with unknown outcome never return; cuts may still fall after them, with the window
+carrying them (see ``minimal_window``), else windows start before the first of them.
 """
 
 from __future__ import annotations
@@ -741,53 +741,81 @@ def _check_part(
     return CheckResult(part.name, "violation", "history is not linearizable", details)
 
 
-def _cuts(ops: Sequence[Operation]) -> list[int]:
-    """Indices c such that every op before c returned before op c was invoked."""
+def _cuts(ops: Sequence[Operation], through_unknown: bool) -> list[int]:
+    """Indices c such that every op before c returned before op c was invoked. With
+    ``through_unknown``, ops with unknown outcome (which never return) are ignored."""
     cuts = []
     last_ret: float = -INF
     for i, op in enumerate(ops):
         if i > 0 and last_ret < op.invoke:
             cuts.append(i)
-        r = INF if op.status != OK or op.ret is None else op.ret
-        last_ret = max(last_ret, r)
+        if op.status == OK and op.ret is not None:
+            last_ret = max(last_ret, op.ret)
+        elif not through_unknown:
+            last_ret = INF
     cuts.append(len(ops))
     return cuts
 
 
 def minimal_window(part: _Part, initial_revision: int, budget: Budget) -> list[str]:
+    """Narrow a failing partition to a window (see the module docstring).
+
+    First with cuts that ops of unknown outcome do not block: a prefix up to such a cut is
+    still implied by any linearization of the whole (an unknown op placed after the cut becomes
+    "no effect" in the prefix), so bisection stays sound; the window then carries the earlier
+    unknown ops, which may take effect inside it. That over-approximates, so the window is
+    only reported if it fails on its own; otherwise cuts after unknown ops are not used."""
+    for through in (True, False):
+        found = _window(part, initial_revision, budget, through)
+        if found is None:
+            continue
+        if isinstance(found, str):
+            return [found]
+        return found
+    return ["(no failing window found within the budget)"]
+
+
+def _window(
+    part: _Part, initial_revision: int, budget: Budget, through_unknown: bool
+) -> list[str] | str | None:
     ops = part.ops
+    step, sym = part.model.step, part.model.symmetry
     init = [part.model.init(initial_revision)]
-    cuts = _cuts(ops)
+    cuts = _cuts(ops, through_unknown)
     lo, hi = 0, len(cuts) - 1  # cuts[hi] fails (whole history)
     while lo < hi:
         mid = (lo + hi) // 2
-        r = search(ops[: cuts[mid]], init, part.model.step, budget, symmetry=part.model.symmetry)
+        r = search(ops[: cuts[mid]], init, step, budget, symmetry=sym)
         if r.status == "unknown":
-            return ["(window search ran out of budget)"]
+            return "(window search ran out of budget)"
         if r.status == "violation":
             hi = mid
         else:
             lo = mid + 1
     end = cuts[hi]
     start = cuts[hi - 1] if hi > 0 else 0
-    lines = [f"minimal violating window: ops {start}..{end - 1} of {len(ops)} in this partition"]
-    states: list[Any] | None = init
+    states: list[Any] = init
     if start:
-        before = search(
-            ops[:start], init, part.model.step, budget, collect=True, symmetry=part.model.symmetry
-        )
-        states = sorted(before.finals, key=repr) if before.status == "ok" else None
-        if states is not None:
-            shown = ", ".join(_state_text(s) for s in states[:3])
-            more = f" (+{len(states) - 3} more)" if len(states) > 3 else ""
-            lines.append(f"possible states before it: {shown}{more}")
-    window = list(ops[start:end])
+        before = search(ops[:start], init, step, budget, collect=True, symmetry=sym)
+        if before.status != "ok":
+            return None
+        states = sorted(before.finals, key=repr)
+    carried = [op for op in ops[:start] if op.status != OK]
+    window = sorted([*carried, *ops[start:end]], key=lambda o: (o.invoke, o.id))
+    if carried and search(window, states, step, budget, symmetry=sym).status != "violation":
+        return None
+    lines = [f"minimal violating window: ops {start}..{end - 1} of {len(ops)} in this partition"]
+    if carried:
+        lines[0] += f", with {len(carried)} earlier op(s) of unknown outcome that may apply in it"
+    if start:
+        shown = ", ".join(_state_text(s) for s in states[:3])
+        more = f" (+{len(states) - 3} more)" if len(states) > 3 else ""
+        lines.append(f"possible states before it: {shown}{more}")
     lines.extend("  " + op.describe() for op in window)
-    if states is not None:
-        witness = _drop_reads(window, states, part.model, budget)
-        if len(witness) < len(window):
-            lines.append("smallest witness (reads not needed for the violation removed):")
-            lines.extend("  " + op.describe() for op in witness)
+    witness = _drop_reads(window, states, part.model, budget)
+    if len(witness) < len(window):
+        lines.append("smallest witness (reads not needed for the violation removed):")
+        lines.extend("  " + op.describe() for op in witness)
     return lines
 
 

@@ -299,3 +299,17 @@ def test_budget_exhaustion_is_unknown_not_pass() -> None:
 
 def test_empty_history() -> None:
     assert linearizability.check(History()).status == "ok"
+
+
+def test_window_after_an_early_unknown_write_is_small() -> None:
+    b = B()
+    b.unknown(0, 0, Put("a", "x"))  # never returns: the old cut rule would start the window here
+    for i in range(10):
+        b.put(1, 10 + 4 * i, 12 + 4 * i, "a", f"v{i}", 2 + i)
+    b.get(2, 100, 101, "a", 11, KV("a", "v3", 5))  # stale
+    r = lin(b)
+    assert r.status == "violation"
+    text = r.to_text()
+    assert "with 1 earlier op(s) of unknown outcome" in text, text
+    window = text.split("minimal violating window")[1]
+    assert "v0" not in window and "get(a)" in window
