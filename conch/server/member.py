@@ -151,6 +151,7 @@ class Member:
         # Set when this member applied its own removal: the process should exit.
         self.removed = asyncio.Event()
         self.is_learner = False
+        self._lone_voter = False  # the only voter: linearizable reads need no raft round
         self._stopping = False
         self.applied_index = 0
         self._snap_index = 0  # index of the newest raft snapshot (log compacted up to here)
@@ -351,6 +352,7 @@ class Member:
         # Apply what is committed in the WAL before serving, so reads see it at once.
         self._drain_ready()
         voters = self.membership.voters()
+        self._lone_voter = voters == [self.member_id]
         if voters == [self.member_id]:
             self.node.campaign()  # a lone voter need not wait an election timeout
         else:
@@ -636,6 +638,7 @@ class Member:
         self.applier.reload(self.membership)
         me = self.membership.members.get(self.member_id)
         self.is_learner = me is not None and me.is_learner
+        self._lone_voter = self.membership.voters() == [self.member_id]
         self._snap_index = self._raft_applied = index
         self._set_applied(max(index, self.backend.consistent_index()))
         self.revision = self.store.current_revision()
@@ -776,6 +779,7 @@ class Member:
     def _on_conf_change_applied(self, cc: ConfChange) -> None:
         me = self.membership.members.get(self.member_id)
         self.is_learner = me is not None and me.is_learner
+        self._lone_voter = self.membership.voters() == [self.member_id]
         if cc.type == ConfChangeType.ConfChangeRemoveNode and cc.node_id == self.member_id:
             log.warning("this member was removed from the cluster; stopping")
             # Like etcd's stopWithDelay: keep going a moment so the commit of the removal
@@ -943,7 +947,13 @@ class Member:
 
     # --- reads -------------------------------------------------------------------------
     async def read_barrier(self) -> None:
-        """Linearizable read point: a raft read index round, then wait for it to apply."""
+        """Linearizable read point: a raft read index round, then wait for it to apply.
+
+        A leader that is the only voter needs no round: nobody else can have committed
+        anything, so its commit index is the read index."""
+        if self.raft_state == StateType.Leader and self._lone_voter:
+            await self.wait_applied(self.committed_index)
+            return
         assert self._loop is not None
         fut: asyncio.Future[None] = self._loop.create_future()
         self._reads_pending.append(fut)
