@@ -517,7 +517,12 @@ class KVStore:
                     newest[uk] = k
         removed = 0
         kdb, idb = self._key, self._index
+        keep_from = K.main_prefix(rev)
         for k, uk in rows:
+            if k >= keep_from:
+                # Revision `rev` itself stays whole, tombstones included: a watch from the
+                # compact revision must still get its events (etcd #18089, fix #18274).
+                continue
             nk = newest[uk]
             if nk == k and len(k) == K.REV_LEN:
                 continue  # the surviving live version
@@ -583,7 +588,11 @@ class KVStore:
         for k, v in old:
             tomb = len(k) == K.REV_LEN + 1
             uk = K.kv_key_from_bytes(v)
-            kept.append(not tomb and not self._changed_between(txn, uk, compact, rev))
+            # etcd's keyIndex.keep after #18274: a tombstone at exactly `rev` is kept.
+            kept.append(
+                (tomb and K.rev_main(k) == rev)
+                or (not tomb and not self._changed_between(txn, uk, compact, rev))
+            )
         keep_nonempty = any(kept) or self._any_live_at(txn, rev)
         crc = crc32c.crc32c
         for (k, v), ok in zip(old, kept, strict=True):
