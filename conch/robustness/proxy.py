@@ -512,11 +512,13 @@ class FaultProxy:
 
     # -- statistics
     def stats(self) -> dict[str, dict[str, int]]:
-        """Counters per link (``link_key``), both directions of every connection summed."""
+        """Counters per link (``link_key``), both directions of every connection summed.
+        Connections accepted before ``member_id`` was known count for ``member_id`` now."""
         out: dict[str, dict[str, int]] = {}
         with self._stats_lock:
             for (src, dst), s in self._stats.items():
-                d = out.setdefault(link_key(src, dst), dict.fromkeys(s.as_dict(), 0))
+                key = link_key(src, dst if dst is not None else self.member_id)
+                d = out.setdefault(key, dict.fromkeys(s.as_dict(), 0))
                 for k, v in s.as_dict().items():
                     d[k] += v
         return out
