@@ -11,8 +11,9 @@ Layout under ``base_dir``: ``<name>/data`` (data dir) and ``<name>/member.log`` 
 stderr of every start). The caller owns ``base_dir`` (keep it when a run fails).
 
 Every child gets PR_SET_PDEATHSIG (SIGKILL) on Linux, so a crashed caller never leaks members.
-Linux delivers it when the *thread* that spawned the child exits: drive a cluster from a thread
-that outlives it (normally the main thread). All waits poll with deadlines.
+Linux delivers that signal when the *thread* that forked the child exits, so every member is
+forked by one long-lived spawner thread: a member restarted from a short-lived fault thread
+survives that thread. All waits poll with deadlines.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ import urllib.error
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -118,6 +120,25 @@ def _parent_death_preexec() -> None:  # pragma: no cover - runs in the child
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+_spawner_lock = threading.Lock()
+_spawner: ThreadPoolExecutor | None = None
+
+
+def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` on the spawner thread, which lives as long as this process (see
+    the module doc: PR_SET_PDEATHSIG fires when the forking *thread* exits)."""
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="member-spawner")
+        spawner = _spawner
+
+    def fork() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(cmd, **kwargs)
+
+    return spawner.submit(fork).result()
 
 
 def _stamp() -> str:
@@ -568,7 +589,7 @@ class Cluster:
             log.write(f"\n=== cluster: start #{m.starts} at {_stamp()} UTC: "
                       f"{' '.join(cmd)}\n".encode())
             log.flush()
-            m.proc = subprocess.Popen(
+            m.proc = _popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
