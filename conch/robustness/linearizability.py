@@ -43,7 +43,11 @@ violation any of them reports is a real violation:
    counter alone. State = the exact store revision. A write that certainly wrote (put; delete with
    deleted>0; txn whose taken branch puts) must report exactly revision+1; a read (and a no-op
    write) must report exactly the current revision; a write that may or may not have written
-   (unknown outcome, revoke, delete without a count) may do either. This catches revisions going
+   (unknown outcome, revoke, delete without a count) may do either. Lease rules are left to
+   the per-key partitions (they hold every revoke of a lease ever put on their key): tracking
+   revoked leases here would make every unknown-outcome lease expiry a distinct candidate (the
+   revoked set is part of the state), and a few dozen of them exhaust the search; without it
+   they are interchangeable (see ``search``'s ``symmetry``). This catches revisions going
    backwards, duplicated or skipped revisions, and reads whose header revision is out of real-time
    order, for all keys together. The state is one integer, so memoisation keeps it cheap.
 2. **per key** (one partition per key): the model projected on one key. Every operation touching
@@ -66,10 +70,16 @@ Not checked here: serializable reads (they may be stale by design), historical r
 
 Cost
 ----
-Candidates are tried in the order the responses' revisions suggest, and interchangeable
-unknown-outcome ops are tried once (see ``search``), so passing histories of thousands of ops
-with ~8 concurrent clients check in well under a second. Proving a violation needs the whole
-space explored, and operations with unknown outcome stay candidates until the end, so
+Candidates are tried in the order the responses' revisions suggest; unknown-outcome ops are
+optional (placed only where they take effect, tried last) and interchangeable ones are tried
+once; states that differ only in revoked leases nothing left refers to are merged (see
+``search``). So passing histories of thousands of ops with ~8 concurrent clients and dozens of
+lease expiries (recorded as unknown-outcome revokes) check the partitions in well under a
+second. The full model is the expensive part: at a revision no response reports it must guess
+which unknown op made it, and a wrong guess (say, a lease expiry that really came later, after
+a restart extended the lease) may only show much later; it is dropped when out of budget.
+Proving a violation needs the whole space explored, and operations with unknown outcome stay
+candidates until the end, so
 histories where a third or more of the writes timed out, with wide concurrency, can exhaust the
 budget (verdict ``unknown``). etcd avoids this by patching the history with the requests found
 in the members' WALs; that belongs to the harness.
@@ -87,7 +97,6 @@ carrying them (see ``minimal_window``), else windows start before the first of t
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -151,6 +160,7 @@ def search(
     budget: Budget,
     collect: bool = False,
     symmetry: Callable[[Operation], Hashable | None] | None = None,
+    canon: Callable[[int, Any], Any] | None = None,
 ) -> SearchResult:
     """Porcupine-style search. ``ops`` must be sorted by invoke time. With ``collect`` every
     final state is gathered instead of stopping at the first full linearization.
@@ -163,20 +173,39 @@ def search(
     the same effect on the model state; of the pending candidates of one class only the
     earliest invoked is tried. Sound and complete: both are pending candidates that never
     return, so any linearization using the later one here and the earlier one later stays
-    valid with the two swapped, and yields the same states."""
+    valid with the two swapped, and yields the same states.
+
+    ``canon(mask, state)`` may map a state to an equivalent one for the operations not in
+    ``mask`` (same successors for every sequence of them), so that more nodes are merged.
+
+    Unless ``collect``: operations with unknown outcome are *optional*. They are placed only
+    where they take effect (a successor equal to the current state -- "had no effect" -- is
+    dropped), and the search succeeds once every other operation is placed: an unknown op
+    that never took effect is one that is never placed. Same verdict as placing it "with no
+    effect" somewhere, but the search no longer commits early to "no effect" (which closes
+    the op for good): a lease expiry tried before the revision it really happened at would
+    otherwise be settled as "no effect" there, and the contradiction found hundreds of ops
+    later would backtrack over all of them. With ``collect`` every op is placed (the final
+    states must be exact) and ``canon`` is not applied."""
     n = len(ops)
     prio = _priorities(ops)
     sym = [symmetry(op) if symmetry is not None else None for op in ops]
     inv = [op.invoke for op in ops]
     ret: list[float] = [INF if op.status != OK or op.ret is None else op.ret for op in ops]
     full = (1 << n) - 1
+    lazy = not collect
+    if collect:
+        canon = None
+    optional = [i for i, op in enumerate(ops) if op.status != OK] if lazy else []
+    optmask = sum(1 << i for i in optional)
+    need = full & ~optmask  # what a linearization must hold
     stack: list[tuple[int, Any]] = [(0, s) for s in init_states]
     seen = set(stack)
     result = SearchResult("violation")
     tick = 0
     while stack:
         mask, st = stack.pop()
-        if mask == full:
+        if mask & need == need:
             if not collect:
                 return SearchResult("ok", deepest=n)
             result.finals.add(st)
@@ -186,26 +215,35 @@ def search(
         if tick & 255 == 0:
             budget.explored += 256
             if budget.exhausted():
-                return SearchResult("unknown", deepest=result.deepest)
+                return SearchResult(
+                    "unknown", deepest=result.deepest, deepest_mask=result.deepest_mask
+                )
         depth = mask.bit_count()
         if depth > result.deepest:
             result.deepest = depth
             result.deepest_mask = mask
-        lo = ((mask + 1) & ~mask).bit_length() - 1
+        skip = mask | optmask  # optional ops are scanned apart (they may stay pending forever)
+        lo = ((skip + 1) & ~skip).bit_length() - 1
         minret = INF
         cands: list[int] = []
         i = lo
         while i < n and inv[i] <= minret:
-            if not (mask >> i) & 1:
+            if not (skip >> i) & 1:
                 cands.append(i)
                 if ret[i] < minret:
                     minret = ret[i]
             i += 1
+        for i in optional:
+            if inv[i] > minret:
+                break
+            if not (mask >> i) & 1:
+                cands.append(i)
         cands = [c for c in cands if inv[c] <= minret]
         if len(cands) > 1:
+            cands.sort()  # index order = invoke order (for the symmetry classes)
             classes: set[Hashable] = set()
             kept = []
-            for c in cands:  # index order = invoke order
+            for c in cands:
                 k = sym[c]
                 if k is not None:
                     if k in classes:
@@ -217,7 +255,12 @@ def search(
             cands.sort(key=prio.__getitem__)
         for c in reversed(cands):
             nmask = mask | (1 << c)
+            lazy_op = lazy and ret[c] == INF and (optmask >> c) & 1
             for nst in step(st, ops[c]):
+                if canon is not None:
+                    nst = canon(nmask, nst)
+                if lazy_op and nst == st:
+                    continue
                 node = (nmask, nst)
                 if node not in seen:
                     seen.add(node)
@@ -227,30 +270,12 @@ def search(
 
 
 def _priorities(ops: Sequence[Operation]) -> list[tuple[float, int, int]]:
-    """Per op, the order to try candidates in (see :func:`_priority`). An op with unknown
-    outcome is tried right after the highest revision reported by any op that returned before
-    it was invoked: deferring it to the end would keep it pending through the whole history,
-    and every backtrack after that would pay for all its possible positions."""
-    done = sorted(
-        (op.ret, op.response.revision)
-        for op in ops
-        if op.status == OK
-        and op.ret is not None
-        and op.response is not None
-        and op.response.revision is not None
-    )
-    rets = [r for r, _ in done]
-    best: list[int] = []
-    for _, rev in done:
-        best.append(max(rev, best[-1]) if best else rev)
-    out = []
-    for op in ops:
-        p = _priority(op)
-        if p[0] == INF:
-            i = bisect.bisect_left(rets, op.invoke)
-            p = ((best[i - 1] if i else 0) + 0.5, 1, op.invoke)
-        out.append(p)
-    return out
+    """Per op, the order to try candidates in (see :func:`_priority`). Operations with unknown
+    outcome come last, in invoke order: :func:`search` places them only where they take
+    effect and never has to place them, so they get tried where nothing else fits -- at a
+    revision no response reports, before a read that sees their effect -- and a wrong guess is
+    undone right there. (Tried first, each would be a guess at every step.)"""
+    return [_priority(op) for op in ops]
 
 
 def _priority(op: Operation) -> tuple[float, int, int]:
@@ -312,13 +337,22 @@ class KVModel:
 
     ``exact``: the partition holds every write, so the store revision is known exactly;
     otherwise it is a lower bound. ``known_revokes``: leases some operation revokes (for
-    ``lease_expired``).
+    ``lease_expired``). ``leases=False`` drops the lease rules (a put with a revoked lease
+    fails; ``lease_expired`` needs a revoke first): the revision-order partition uses it, the
+    per-key partitions and the full model keep them.
     """
 
-    def __init__(self, scope: frozenset[str] | None, exact: bool, known_revokes: frozenset[int]):
+    def __init__(
+        self,
+        scope: frozenset[str] | None,
+        exact: bool,
+        known_revokes: frozenset[int],
+        leases: bool = True,
+    ):
         self.scope = scope
         self.exact = exact
         self.known_revokes = known_revokes
+        self.leases = leases
 
     def init(self, revision: int) -> State:
         return (revision, (), frozenset())
@@ -329,7 +363,9 @@ class KVModel:
         if op.status == OK or self.scope is None:
             return None
         req = op.request
-        if not isinstance(req, (Put, Delete, Txn)) or _leases_of(req):
+        if isinstance(req, LeaseRevoke) and not self.leases and not self.scope:
+            return "w"  # no key in scope, revoked leases not tracked: at most +1 revision
+        if not isinstance(req, (Put, Delete, Txn)) or (self.leases and _leases_of(req)):
             return None
         subs = (*req.success, *req.failure) if isinstance(req, Txn) else (req,)
         for o in subs:
@@ -343,6 +379,31 @@ class KVModel:
         if isinstance(req, Txn) and any(self.inscope(c.key) for c in req.compares):
             return None  # whether it writes at all depends on in-scope state
         return "w"
+
+    def canonicalizer(self, ops: Sequence[Operation]) -> Callable[[int, State], State] | None:
+        """For :func:`search`'s ``canon``: forget that a lease is revoked once no operation left
+        to linearize refers to it (a put with it, or an observation of its expiry); revokes do
+        not depend on it. Without this every lease expiry of unknown outcome, linearized or
+        not, "took effect" or not, splits the state space in two."""
+        if not self.leases:
+            return None
+        refs: dict[int, int] = {}
+        for i, op in enumerate(ops):
+            req = op.request
+            leases = {req.lease} if isinstance(req, LeaseExpired) else _leases_of(req)
+            for lease in leases:
+                refs[lease] = refs.get(lease, 0) | (1 << i)
+
+        def canon(mask: int, state: State) -> State:
+            revoked = state[2]
+            if not revoked:
+                return state
+            keep = frozenset(x for x in revoked if refs.get(x, 0) & ~mask)
+            if len(keep) == len(revoked):
+                return state
+            return (state[0], state[1], keep)
+
+        return canon
 
     def inscope(self, key: str) -> bool:
         return self.scope is None or key in self.scope
@@ -412,6 +473,8 @@ class KVModel:
         if isinstance(req, LeaseRevoke):
             return self._revoke(ctx, req)
         if isinstance(req, LeaseExpired):
+            if not self.leases:
+                return [ctx]
             if req.lease in self.known_revokes and req.lease not in ctx.revoked:
                 return []
             return [ctx]
@@ -457,7 +520,7 @@ class KVModel:
         return True
 
     def _put(self, ctx: _Ctx, req: Put) -> list[_Ctx]:
-        if req.lease and req.lease in ctx.revoked:
+        if self.leases and req.lease and req.lease in ctx.revoked:
             return []
         if self.inscope(req.key):
             prev = ctx.recs.get(req.key)
@@ -568,7 +631,8 @@ class KVModel:
         gone = [k for k, r in ctx.recs.items() if r[5] == req.lease]
         for k in gone:
             del ctx.recs[k]
-        ctx.revoked = ctx.revoked | {req.lease}
+        if self.leases:
+            ctx.revoked = ctx.revoked | {req.lease}
         if gone:
             ctx.wrote = True
         else:
@@ -681,7 +745,7 @@ def check(
     started = time.monotonic()
     ops = sorted((op for op in history.operations if _relevant(op)), key=lambda o: (o.invoke, o.id))
     known_revokes = frozenset(op.request.lease for op in ops if isinstance(op.request, LeaseRevoke))
-    parts = [_Part("revision order", ops, KVModel(frozenset(), True, known_revokes))]
+    parts = [_Part("revision order", ops, KVModel(frozenset(), True, known_revokes, leases=False))]
     for key, pops in partitions(ops).items():
         parts.append(_Part(f"key {key!r}", pops, KVModel(frozenset({key}), False, known_revokes)))
     phase = 0.6 * seconds
@@ -720,7 +784,14 @@ def _check_part(
     part: _Part, initial_revision: int, budget: Budget, window_seconds: float
 ) -> CheckResult:
     init = [part.model.init(initial_revision)]
-    res = search(part.ops, init, part.model.step, budget, symmetry=part.model.symmetry)
+    res = search(
+        part.ops,
+        init,
+        part.model.step,
+        budget,
+        symmetry=part.model.symmetry,
+        canon=part.model.canonicalizer(part.ops),
+    )
     if res.status == "ok":
         return CheckResult(part.name, "ok", "")
     if res.status == "unknown":
