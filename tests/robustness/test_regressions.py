@@ -2,6 +2,8 @@
 
 Each test is named after the etcd issue whose triggering sequence it drives, and runs against
 real etcd 3.4 too as a control (skipped without the binaries unless CONCH_REQUIRE_ETCD=1).
+etcd 3.4.23 itself shows #15271, #18089 (and so the #19179 sequence), #20221 and - depending
+on timing - #17529 here; those etcd cases are xfail(strict=False).
 
 #14370  Durability API guarantee broken in single node cluster (etcd 3.5.0-3.5.4). A lone
         member applied and acknowledged a committed entry in parallel with saving it to the
@@ -12,9 +14,12 @@ real etcd 3.4 too as a control (skipped without the binaries unless CONCH_REQUIR
 #15271  Watch response travelling back in time when a reconnecting member downloads a snapshot
         from the leader (3.5). A member blackholed until the leader had to send it a snapshot
         (failpoint blackholeUntilSnapshot, snapshot-count 100) restored its store and its
-        watchers then delivered revisions lower than ones already sent (3924 -> 2171).
-        Guarantees: watch Ordered/Unique/Reliable, and Resumable (a watch resumed at last
-        seen + 1 on any member gets exactly the following events).
+        watchers then delivered revisions lower than ones already sent (3924 -> 2171): the
+        restore put every synced watcher back to unsynced at the revision it was created
+        with (a synced watcher's minRev did not advance as events went out), so the resync
+        replayed history. Guarantees: watch Ordered/Unique/Reliable, and Resumable (a watch
+        resumed at last seen + 1 on any member, even one that is behind, gets exactly the
+        following events).
 
 #17529  Watch events starvation / loss multiplexed on a single watch stream (3.4, 3.5).
         Hundreds of prefix watches with prev_kv on one gRPC stream fell behind (unsynced);
@@ -263,7 +268,7 @@ def _member_class(kind: str) -> type[ServerProcess]:
         initial_cluster = ""
 
         def command(self) -> list[str]:
-            cmd = super().command()
+            cmd: list[str] = super().command()
             cmd[cmd.index("--initial-cluster") + 1] = self.initial_cluster
             cmd[cmd.index("--initial-cluster-token") + 1] = "conch-regressions"
             return cmd
@@ -542,11 +547,13 @@ def test_issue_20221_watch_on_future_revision_single_member(
         start = cur + 5
         w.create(prefix, prefix_end(prefix), start=start, prev_kv=True, progress_notify=True)
         w.wait(lambda rs: any(r.created for r in rs), 20, "created")
+        def progress_at(rev: int) -> Callable[[list[rpc_pb2.WatchResponse]], bool]:
+            return lambda rs: any(is_progress(r) and r.header.revision >= rev for r in rs)
+
         for i in range(4):
             rev = put(s, prefix + b"%d" % i)
             w.request_progress()
-            w.wait(lambda rs, rev=rev: any(is_progress(r) and r.header.revision >= rev
-                                           for r in rs), 20, f"progress at {rev}")
+            w.wait(progress_at(rev), 20, f"progress at {rev}")
             assert w.events() == [], f"events before the start revision {start}"
         revs = [put(s, prefix + b"%d" % (i % 4), b"x%d" % i) for i in range(6)]
         assert revs[0] == start
@@ -610,7 +617,10 @@ def test_issue_20221_future_watch_on_member_that_installs_snapshot(
 # --------------------------------------------------------------------------- #15271
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", [
+    "conch",
+    pytest.param("etcd", marks=pytest.mark.xfail(strict=False, reason="etcd 3.4 has bug #15271")),
+])
 def test_issue_15271_watch_resumed_on_lagging_member_never_goes_back(
         target: str, tmp_path: Path) -> None:
     """A watcher on follower F sees events; F is SIGSTOPped while writes continue (enough for
@@ -632,6 +642,14 @@ def test_issue_15271_watch_resumed_on_lagging_member_never_goes_back(
             first = put_many(leader.endpoint, [prefix + b"f%03d" % i for i in range(40)])
             on_f.wait_rev(first[-1][1])
             last_seen = on_f.revs()[-1]
+            # Streams to F for the resumed watches, connected now (a watch on an unrelated
+            # key), so that requests sent while F is stopped wait in its socket and are
+            # handled as soon as it runs again: well before the leader's snapshot arrives.
+            resume_x = stack.enter_context(watching(follower.endpoint))
+            resume_seen = stack.enter_context(watching(follower.endpoint))
+            for w in (resume_x, resume_seen):
+                w.create(b"k15271-other", watch_id=100)
+                w.wait(lambda rs: any(r.created for r in rs), 20, "connected to F")
 
             follower.kill(signal.SIGSTOP)
             try:
@@ -640,20 +658,18 @@ def test_issue_15271_watch_resumed_on_lagging_member_never_goes_back(
                 failover = stack.enter_context(watching(leader.endpoint))
                 failover.create(prefix, end, start=last_seen + 1, prev_kv=True)
                 failover.wait_rev(x)
-                # Resume on F while it is stopped: it handles these when it runs again,
-                # behind the leader until it has caught up.
-                resume_x = stack.enter_context(watching(follower.endpoint))
-                resume_x.create(prefix, end, start=x + 1, prev_kv=True)
-                resume_seen = stack.enter_context(watching(follower.endpoint))
-                resume_seen.create(prefix, end, start=last_seen + 1, prev_kv=True)
+                # Resume on F while it is stopped and behind the leader.
+                resume_x.create(prefix, end, start=x + 1, watch_id=1, prev_kv=True)
+                resume_seen.create(prefix, end, start=last_seen + 1, watch_id=1, prev_kv=True)
             finally:
                 follower.kill(signal.SIGCONT)
-            created = resume_x.wait(lambda rs: [r for r in rs if r.created], 30, "created")
+            created = resume_x.wait(lambda rs: [r for r in rs if r.created and r.watch_id == 1],
+                                    30, "created")
             behind = created[0].header.revision < x
             after = put_many(leader.endpoint, [prefix + b"a%03d" % i for i in range(40)])
             final = after[-1][1]
-            for w in (on_f, failover, resume_x, resume_seen):
-                w.wait_rev(final, timeout=60)
+            for w, wid in ((on_f, None), (failover, None), (resume_x, 1), (resume_seen, 1)):
+                w.wait_rev(final, timeout=60, watch_id=wid)
             history = [r for _, r in first + paused + after]
             assert history == list(range(start0, final + 1))
             for name, w, start in (("open on F throughout", on_f, start0),
@@ -661,6 +677,7 @@ def test_issue_15271_watch_resumed_on_lagging_member_never_goes_back(
                                    ("resumed on F at X+1", resume_x, x + 1),
                                    ("resumed on F at last seen+1", resume_seen, last_seen + 1)):
                 got = w.revs()
+                assert w.events(100) == []
                 want = list(range(start, final + 1))
                 odd = next((i for i, (g, e) in enumerate(zip(got, want, strict=False)) if g != e),
                            min(len(got), len(want)))
