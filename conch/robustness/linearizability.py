@@ -55,7 +55,9 @@ violation any of them reports is a real violation:
    The store revision is not known inside a partition, so the state holds a lower bound ``g`` of
    it: writes must report a revision > g, reads a header revision >= g (then g := the reported
    revision); a write with unknown outcome raises g by one and leaves the key's mod_revision
-   unknown (> the old g) until a read reports it. Compares on other keys are treated as unknown
+   unknown (> the old g) until a read reports it; an op that may have written only other keys
+   (a revoke of a lease the key does not hold) leaves g alone, which keeps it a lower bound.
+   Compares on other keys are treated as unknown
    (both branches allowed unless ``succeeded`` is known). This catches stale reads, lost or
    reordered writes, values nobody wrote, wrong mod_revision/version/create_revision, and reads
    whose header revision is older than a write they must have seen.
@@ -425,7 +427,15 @@ class KVModel:
     def _finish(self, g0: int, ctxs: list[_Ctx], rev: int | None) -> list[State]:
         out: list[State] = []
         for ctx in ctxs:
-            options = [True, False] if ctx.wrote is None else [ctx.wrote]
+            if ctx.wrote is not None:
+                options = [ctx.wrote]
+            elif self.exact:
+                options = [True, False]
+            else:
+                # Unknown whether it wrote, and if it did, only out of scope: a projection
+                # only needs g to stay a lower bound, so leave it (a weaker constraint, and
+                # one state instead of two for every lease revoke of some other key).
+                options = [False]
             for wrote in options:
                 c = ctx.copy() if len(options) > 1 else ctx
                 if self._settle(c, g0, wrote, rev):
