@@ -800,6 +800,8 @@ class _Traffic:
         except grpc.aio.AioRpcError as e:
             if not stopped_by_us:
                 log.info("traffic: watch %d ended: %s %s", wid, e.code().name, e.details())
+        except Exception as e:  # noqa: BLE001 - e.g. a write on a call that just ended
+            log.info("traffic: watch %d ended: %r", wid, e)
         finally:
             dog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
