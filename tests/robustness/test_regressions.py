@@ -8,8 +8,9 @@ on timing - #17529 here; those etcd cases are xfail(strict=False).
 #14370  Durability API guarantee broken in single node cluster (etcd 3.5.0-3.5.4). A lone
         member applied and acknowledged a committed entry in parallel with saving it to the
         WAL; a crash right after the reply (robustness failpoint raftBeforeSave=panic, under
-        concurrent puts) lost acknowledged writes and the restarted member handed their
-        revisions out again. Guarantee: an acknowledged write survives kill -9 of all members.
+        concurrent puts) lost acknowledged writes: the restarted member no longer had them
+        and reused their revisions. Fixed in etcdserver (#14400), then by a raft-side change
+        (#14413). Guarantee: an acknowledged write survives kill -9.
 
 #15271  Watch response travelling back in time when a reconnecting member downloads a snapshot
         from the leader (3.5). A member blackholed until the leader had to send it a snapshot
@@ -22,13 +23,14 @@ on timing - #17529 here; those etcd cases are xfail(strict=False).
         following events).
 
 #17529  Watch events starvation / loss multiplexed on a single watch stream (3.4, 3.5).
-        Hundreds of prefix watches with prev_kv on one gRPC stream fell behind (unsynced);
-        when compaction overtook them, sending the compaction cancel failed on the full
-        stream channel and the watcher was dropped from the unsynced group anyway: it never
-        got its cancel (compact_revision) nor any further event. Reproduced with failpoint
-        beforeSendWatchResponse=sleep, heavy puts and compaction. Fixed by #17555 (retry the
-        cancel). Guarantee: Reliable - every event or a cancel carrying compact_revision;
-        and watchers on other streams keep getting their events while one stream is stuck.
+        Hundreds of prefix watches with prev_kv on one gRPC stream fell behind (unsynced,
+        responses delayed for minutes); when compaction overtook one, sending its compaction
+        cancel failed on the full shared channel, yet it stayed in the batch being synced
+        and its minRev was set to current + 1: it silently skipped every event in between
+        (2725 -> 184694), no cancel. Reproduced with failpoint beforeSendWatchResponse=sleep,
+        heavy puts and compaction; fixed by #17555 (skip it, resend the cancel next sync).
+        Guarantee: Reliable - every event, or a gap-free prefix then a cancel carrying
+        compact_revision; and watches on other streams keep getting events meanwhile.
 
 #18089  Watch dropping an event when compacting on delete (3.4, 3.5). Compaction at revision
         R also removed a tombstone whose revision is R, so `put k v2, put k v3, put k v4,
@@ -89,6 +91,18 @@ PROGRESS_FLAG = "--experimental-watch-progress-notify-interval=100ms"
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grpc_stays_initialised() -> Iterator[None]:
+    """Hold one (never used) channel for the whole module. When the last channel closes,
+    gRPC core shuts itself down on a background "grpc_shutdown" thread; a fork() meanwhile
+    (the harness starts servers with a preexec_fn, so subprocess forks) runs gRPC's
+    pthread_atfork handler, which waits for that thread, and the test process hangs in
+    fork. Seen here between a test that closed all its channels and the next server start."""
+    ch = grpc.insecure_channel("127.0.0.1:9")
+    yield
+    ch.close()
 
 
 def need(target: str) -> None:
@@ -769,8 +783,8 @@ def test_issue_17529_slow_shared_stream_neither_starves_nor_loses_events(
             except AssertionError:
                 left = stuck(slow.snapshot())
                 raise AssertionError(
-                    f"{len(left)}/{SLOW_WATCHERS} slow watchers starved {SLOW_SETTLE}s after"
-                    f" their stream was read again: no event since (watch id: last revision)"
+                    f"{len(left)}/{SLOW_WATCHERS} slow watchers neither complete nor canceled"
+                    f" {SLOW_SETTLE}s after their stream was read again (watch id: last revision)"
                     f" {dict(list(left.items())[:8])}, no cancel; compacted at {compacted},"
                     f" last revision {final}") from None
             rs = slow.snapshot()
