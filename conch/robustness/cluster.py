@@ -111,15 +111,15 @@ def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _parent_death_preexec() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGKILL the child when the parent dies (PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+
+def _parent_death_prefix() -> list[str]:
+    """Ask Linux to SIGKILL the child when its parent dies (PR_SET_PDEATHSIG), through
+    util-linux's ``setpriv``, which then execs the member (same pid). Not a ``preexec_fn``:
+    running Python (ctypes) between fork and exec in a process with gRPC's threads crashed
+    children with SIGSEGV before exec; without ``preexec_fn`` subprocess uses vfork."""
+    return [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 
 _spawner_lock = threading.Lock()
@@ -590,14 +590,13 @@ class Cluster:
                       f"{' '.join(cmd)}\n".encode())
             log.flush()
             m.proc = _popen(
-                cmd,
+                _parent_death_prefix() + cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env(m),
                 cwd=cwd,
                 start_new_session=True,  # a ^C to the caller is not delivered to members
-                preexec_fn=_parent_death_preexec if sys.platform.startswith("linux") else None,
             )
         m.stopped = False
 
