@@ -2,8 +2,8 @@
 
 Each test is named after the etcd issue whose triggering sequence it drives, and runs against
 real etcd 3.4 too as a control (skipped without the binaries unless CONCH_REQUIRE_ETCD=1).
-etcd 3.4.23 itself shows #15271, #18089 (and so the #19179 sequence), #20221 and - depending
-on timing - #17529 here; those etcd cases are xfail(strict=False).
+etcd 3.4.23 itself shows #18089 (and so the #19179 sequence) and #20221 every time, and
+#15271 and #17529 in some runs (timing); those etcd cases are xfail(strict=False).
 
 #14370  Durability API guarantee broken in single node cluster (etcd 3.5.0-3.5.4). A lone
         member applied and acknowledged a committed entry in parallel with saving it to the
