@@ -22,6 +22,9 @@ from contextlib import contextmanager
 
 import lmdb
 
+# A leaf module (imports nothing of conch): the backend may use it without a cycle.
+from conch.server import failpoints
+
 # etcd's bbolt bucket names (server/storage/schema/bucket.go), plus `index` and `latest`,
 # which hold on disk what etcd keeps in its in-memory key index.
 BUCKETS = (
@@ -98,7 +101,9 @@ class Backend:
             txn.abort()
             raise
         else:
+            failpoints.hit("beforeCommit")
             txn.commit()
+            failpoints.hit("afterCommit")
 
     @contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
@@ -179,13 +184,16 @@ class Backend:
             os.close(fd)
         return tmp
 
-    def swap_in(self, tmp: str) -> None:
+    def swap_in(self, tmp: str, failpoint: str | None = None) -> None:
         """Replace the environment with the copy at `tmp` (etcd's Defragment).
 
         The caller guarantees that no transaction is open: every handle from `db()` and
-        `env` becomes invalid, which is why listeners are told to re-fetch them."""
+        `env` becomes invalid, which is why listeners are told to re-fetch them. `failpoint`
+        is hit with the environment closed, just before the rename."""
         self._env.sync(True)
         self._env.close()
+        if failpoint is not None:
+            failpoints.hit(failpoint)
         os.replace(tmp, self.path)
         lock = self.path + "-lock"
         if os.path.exists(lock):

@@ -203,8 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from conch.server import failpoints
     from conch.server.member import StartupError
 
+    try:
+        # gofail's GOFAIL_HTTP: failpoints armed at run time, from before the member opens.
+        fp_http = failpoints.serve_http_from_env()
+    except (OSError, ValueError) as exc:
+        print(f"conch: CONCH_FAILPOINTS_HTTP: {exc}", file=sys.stderr)
+        return 1
+    if fp_http is not None:
+        log.warning("failpoint control listening on %s:%d", *fp_http.server_address[:2])
     try:
         sig = asyncio.run(serve(cfg))
     except (ConfigError, StartupError) as exc:

@@ -41,6 +41,7 @@ from conch.proto.etcdserverpb.rpc_pb2 import (
     TxnResponse,
 )
 from conch.proto.mvccpb.kv_pb2 import Event, KeyValue
+from conch.server import failpoints
 
 if TYPE_CHECKING:
     from conch.backend import Backend
@@ -503,6 +504,7 @@ class KVStore:
             raise err(ErrFutureRev)
         meta = self._meta
         txn.put(META_SCHEDULED_COMPACT, K.rev_bytes_meta(rev), db=meta)
+        failpoints.hit("compactBeforeCommitScheduledCompact")
         rows: list[tuple[bytes, bytes]] = []  # (rev key, user key)
         newest: dict[bytes, bytes] = {}
         stop = K.main_prefix(rev + 1)
@@ -530,7 +532,9 @@ class KVStore:
             txn.delete(k, db=kdb)
             txn.delete(K.idx_key(K.escape(uk), main, sub), db=idb)
             removed += 1
+        failpoints.hit("compactBeforeSetFinishedCompact")
         txn.put(META_FINISHED_COMPACT, K.rev_bytes_meta(rev), db=meta)
+        failpoints.hit("compactAfterSetFinishedCompact")
         return removed
 
     # --- hash -------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from conch.mvcc import KVStore
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
 from conch.proto.mvccpb import kv_pb2
 from conch.raft.types import ConfChange, ConfChangeType
+from conch.server import failpoints
 from conch.server.membership import MemberInfo, Membership
 
 InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
@@ -46,6 +47,7 @@ class Applied:
     results: list[tuple[int, Any]] = field(default_factory=list)  # (request id, response|error)
     events: list[tuple[int, list[kv_pb2.Event]]] = field(default_factory=list)
     alarms_changed: bool = False
+    compacted: bool = False  # the batch ran a compaction (for the compaction failpoints)
     size_in_use: int = 0  # backend bytes in use after the batch (for the quota check)
 
 
@@ -105,6 +107,11 @@ class Applier:
                 applied.results.append((rid, resp))
             if last > ci:
                 self._backend.put_meta_u64(txn, META_CONSISTENT_INDEX, last)
+            if applied.compacted:
+                failpoints.hit("compactBeforeCommitBatch")
+        if applied.compacted:
+            failpoints.hit("compactAfterCommitScheduledCompact")
+            failpoints.hit("compactAfterCommitBatch")
         applied.last_index = last
         applied.size_in_use = self._backend.size_in_use()
         return applied
@@ -125,6 +132,7 @@ class Applier:
             return resp, events, store.current_revision(txn)
         if req.HasField("compaction"):
             store.compact(txn, req.compaction.revision)
+            applied.compacted = True
             resp = rpc_pb2.CompactionResponse()
             resp.header.revision = store.current_revision(txn)
             return resp, [], 0

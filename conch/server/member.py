@@ -489,7 +489,9 @@ class Member:
         snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
         if snap is not None:
             # A snapshot from the leader: record it durably before the entries after it.
+            failpoints.hit("raftBeforeSaveSnap")
             await loop.run_in_executor(self._disk, self._save_snapshot, snap)
+            failpoints.hit("raftAfterSaveSnap")
             self._storage.apply_snapshot(snap)
         if rd.entries or rd.hard_state is not None:
             hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
@@ -497,7 +499,7 @@ class Member:
             if rd.entries or rd.must_sync:
                 t0 = time.perf_counter()
                 try:
-                    await loop.run_in_executor(self._disk, self._wal.save, hs, ents, rd.must_sync)
+                    await loop.run_in_executor(self._disk, self._wal_save, hs, ents, rd.must_sync)
                 except Exception:  # a WAL we cannot write is fatal, as in etcd
                     log.exception("WAL write failed; stopping the member")
                     os._exit(1)
@@ -506,7 +508,7 @@ class Member:
             else:
                 # Only the commit index moved: nothing to wait for (raft recomputes commit
                 # after a crash). The single disk thread keeps the writes in order.
-                self._disk.submit(self._wal.save, hs, [], False).add_done_callback(
+                self._disk.submit(self._wal_save, hs, [], False).add_done_callback(
                     _fatal_if_write_failed
                 )
             if rd.entries:
@@ -514,6 +516,10 @@ class Member:
             if rd.hard_state is not None:
                 self._storage.set_hard_state(rd.hard_state)
         if rd.messages and self.transport is not None:
+            if self.raft_state == StateType.Leader:
+                failpoints.hit("raftBeforeLeaderSend")
+            else:
+                failpoints.hit("raftBeforeFollowerSend")
             self._send(rd.messages)
         if snap is not None:
             await self._install_snapshot(snap)
@@ -521,6 +527,14 @@ class Member:
             self._apply_entries(rd.committed_entries)
         if rd.read_states:
             self._on_read_states(rd)
+
+    def _wal_save(
+        self, hs: raft_pb2.HardState | None, ents: list[raft_pb2.Entry], sync: bool
+    ) -> None:
+        """On the disk thread: one WAL write (and fsync) of a Ready."""
+        failpoints.hit("raftBeforeSave")
+        self._wal.save(hs, ents, sync)
+        failpoints.hit("raftAfterSave")
 
     # --- snapshots -----------------------------------------------------------------------
     def _save_snapshot(self, snap: Snapshot) -> None:
@@ -559,6 +573,7 @@ class Member:
             self._wal.release_lock_to(compacted_to)
             purge_wal(self.cfg.wal_path, self.cfg.max_wals)
         snapfile.purge(self._snap_dir, self.cfg.max_snapshots)
+        failpoints.hit("raftAfterWALRelease")
 
     def _send(self, messages: list[Message]) -> None:
         """Messages to peers; a MsgSnap travels with a copy of the backend, on its own."""
@@ -631,8 +646,10 @@ class Member:
         if path is None or not os.path.exists(path):
             log.error("snapshot %d arrived without its database; cannot install it", index)
             os._exit(1)
+        failpoints.hit("raftBeforeApplySnap")
         async with self.maintenance_lock:
             self.backend.swap_in(path)
+        failpoints.hit("raftAfterApplySnap")
         self.lessor.recover(time.monotonic())
         self.membership = Membership(self.backend)
         self.applier.reload(self.membership)
@@ -1076,8 +1093,9 @@ class Member:
         async with self.maintenance_lock, self._apply_gate:
             # Nothing is applied between the copy and the swap (the raft loop waits at the
             # gate), so the copy is the final state; reads go on during the copy.
+            failpoints.hit("defragBeforeCopy")
             tmp = await asyncio.to_thread(self.backend.copy_compacted)
-            self.backend.swap_in(tmp)
+            self.backend.swap_in(tmp, failpoint="defragBeforeRename")
             self._size_in_use = self.backend.size_in_use()
 
 
