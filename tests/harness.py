@@ -121,16 +121,13 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _parent_death_preexec() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGKILL the child when the parent dies (PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except Exception:
-        pass
+def _parent_death_prefix() -> list[str]:
+    """Ask Linux to SIGKILL the child when the parent dies (PR_SET_PDEATHSIG), via util-linux's
+    ``setpriv``, which then execs the server under the same pid. Not a ``preexec_fn``: forking
+    (instead of vfork) while gRPC's threads run could hang in gRPC's atfork handler or crash
+    the child before exec."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 # --------------------------------------------------------------------------- readiness probe
@@ -300,17 +297,15 @@ class ServerProcess:
                 f"{' '.join(cmd)}\n".encode()
             )
             log.flush()
+            prefix = _parent_death_prefix() if self.die_with_parent else []
             self.proc = subprocess.Popen(
-                cmd,
+                prefix + cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.process_env(),
                 cwd=self.cwd(),
                 start_new_session=True,  # a ^C to pytest is not delivered to the server
-                preexec_fn=_parent_death_preexec
-                if self.die_with_parent and sys.platform.startswith("linux")
-                else None,
             )
 
     def wait_ready(self, timeout: float | None = None) -> None:
