@@ -25,7 +25,10 @@ Configuration:
 
 `KNOWN` lists every point with where it sits in conch. `hit(name)` is on hot paths: with
 nothing armed it is one dict lookup. The hits run on the event-loop thread, the WAL disk
-thread and worker threads; arming and counting are serialised by one lock.
+thread and worker threads; arming and counting are serialised by one lock. Points in
+coroutines use `await hit_async(name)`, whose sleep suspends only that coroutine; a sleep at
+a point in synchronous code on the loop (the apply path: commits, compaction) stalls the
+whole member, where etcd would stall its apply goroutine.
 
 This module imports nothing of conch, so every layer (backend, mvcc, server) may use it.
 """
@@ -269,25 +272,42 @@ def configure(spec: str) -> None:
 
 
 def hit(name: str) -> None:
-    """Run the action armed for failpoint `name`, if any. Costs one dict lookup if unarmed."""
+    """Run the action armed for failpoint `name`, if any. Costs one dict lookup if unarmed.
+    A sleep blocks the calling thread."""
     t = _armed.get(name)
     if t is None:
         return
-    _fire(name, t)
+    delay = _fire(name, t)
+    if delay:
+        time.sleep(delay)
 
 
-def _fire(name: str, t: Term) -> None:
-    if t.action == "off":
+async def hit_async(name: str) -> None:
+    """`hit` for points on the event loop: a sleep suspends only the calling coroutine (as
+    gofail's sleep stalls one goroutine), so the member goes on serving meanwhile."""
+    t = _armed.get(name)
+    if t is None:
         return
+    delay = _fire(name, t)
+    if delay:
+        import asyncio
+
+        await asyncio.sleep(delay)
+
+
+def _fire(name: str, t: Term) -> float:
+    """Decide whether `t` acts on this hit; panic here, or return the seconds to sleep."""
+    if t.action == "off":
+        return 0.0
     with _lock:
         if _armed.get(name) is not t:  # disarmed or re-armed meanwhile
-            return
+            return 0.0
         if t.probability is not None and _rng.random() * 100.0 >= t.probability:
-            return
+            return 0.0
         if t.count is not None:
             left = _remaining.get(name, 0) - 1
             if left < 0:
-                return
+                return 0.0
             _remaining[name] = left
             if left == 0:
                 _disable_locked(name)
@@ -301,8 +321,7 @@ def _fire(name: str, t: Term) -> None:
             os.write(2, f"failpoint {name}: panic\n".encode())
         finally:
             os._exit(PANIC_EXIT_CODE)
-    elif t.action == "sleep":
-        time.sleep(t.sleep_s)
+    return t.sleep_s
 
 
 # --- HTTP control (gofail's GOFAIL_HTTP) -------------------------------------------------------

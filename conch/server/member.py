@@ -489,9 +489,9 @@ class Member:
         snap = rd.snapshot if rd.snapshot is not None and not rd.snapshot.is_empty() else None
         if snap is not None:
             # A snapshot from the leader: record it durably before the entries after it.
-            failpoints.hit("raftBeforeSaveSnap")
+            await failpoints.hit_async("raftBeforeSaveSnap")
             await loop.run_in_executor(self._disk, self._save_snapshot, snap)
-            failpoints.hit("raftAfterSaveSnap")
+            await failpoints.hit_async("raftAfterSaveSnap")
             self._storage.apply_snapshot(snap)
         if rd.entries or rd.hard_state is not None:
             hs = hard_state_to_pb(rd.hard_state) if rd.hard_state is not None else None
@@ -517,9 +517,9 @@ class Member:
                 self._storage.set_hard_state(rd.hard_state)
         if rd.messages and self.transport is not None:
             if self.raft_state == StateType.Leader:
-                failpoints.hit("raftBeforeLeaderSend")
+                await failpoints.hit_async("raftBeforeLeaderSend")
             else:
-                failpoints.hit("raftBeforeFollowerSend")
+                await failpoints.hit_async("raftBeforeFollowerSend")
             self._send(rd.messages)
         if snap is not None:
             await self._install_snapshot(snap)
@@ -646,10 +646,10 @@ class Member:
         if path is None or not os.path.exists(path):
             log.error("snapshot %d arrived without its database; cannot install it", index)
             os._exit(1)
-        failpoints.hit("raftBeforeApplySnap")
+        await failpoints.hit_async("raftBeforeApplySnap")
         async with self.maintenance_lock:
             self.backend.swap_in(path)
-        failpoints.hit("raftAfterApplySnap")
+        await failpoints.hit_async("raftAfterApplySnap")
         self.lessor.recover(time.monotonic())
         self.membership = Membership(self.backend)
         self.applier.reload(self.membership)
@@ -672,7 +672,7 @@ class Member:
                     os.unlink(p)
         log.info("installed snapshot %d from the leader (applied index %d, revision %d)",
                  index, self.applied_index, self.revision)
-        failpoints.hit("afterSnapshotInstall")
+        await failpoints.hit_async("afterSnapshotInstall")
 
     def _drain_ready(self) -> None:
         """Apply what the WAL already holds as committed (start-up, before any I/O)."""
@@ -1093,7 +1093,7 @@ class Member:
         async with self.maintenance_lock, self._apply_gate:
             # Nothing is applied between the copy and the swap (the raft loop waits at the
             # gate), so the copy is the final state; reads go on during the copy.
-            failpoints.hit("defragBeforeCopy")
+            await failpoints.hit_async("defragBeforeCopy")
             tmp = await asyncio.to_thread(self.backend.copy_compacted)
             self.backend.swap_in(tmp, failpoint="defragBeforeRename")
             self._size_in_use = self.backend.size_in_use()

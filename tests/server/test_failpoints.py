@@ -185,6 +185,30 @@ def test_sleep_in_process_delays(clean_points):
     assert time.monotonic() - t0 < 0.1
 
 
+def test_hit_async_sleeps_without_blocking_the_loop(clean_points):
+    import asyncio
+
+    async def main() -> tuple[float, int]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        failpoints.enable("raftBeforeLeaderSend", "sleep(300ms)")
+        t0 = time.monotonic()
+        await failpoints.hit_async("raftBeforeLeaderSend")
+        took = time.monotonic() - t0
+        task.cancel()
+        return took, ticks
+
+    took, ticks = asyncio.run(main())
+    assert took >= 0.29 and ticks >= 5  # the loop ran other work meanwhile
+
+
 # --------------------------------------------------------------------------- unit: HTTP
 
 
@@ -409,6 +433,26 @@ def test_sleep_failpoint_delays_a_live_member(single):
     assert _http("GET", f"http://127.0.0.1:{single.fp_port}/raftBeforeSave/count") == (
         200, "1\n")  # it acted once, then disarmed itself
     _check_acked(srv.endpoint, single.acked)
+    # A sleep at a point in a coroutine stalls that work only: reads go on meanwhile.
+    _arm(single.fp_port, "defragBeforeCopy", "1*sleep(1s)")
+    done: list[float] = []
+
+    def defrag() -> None:
+        t0 = time.monotonic()
+        with connect(srv.endpoint) as s:
+            s.maintenance.Defragment(rpc_pb2.DefragmentRequest(), timeout=20)
+        done.append(time.monotonic() - t0)
+
+    th = threading.Thread(target=defrag, daemon=True)
+    th.start()
+    poll(lambda: _http("GET", f"http://127.0.0.1:{single.fp_port}/defragBeforeCopy/count")
+         == (200, "1\n"), 10, "the defragment to reach its failpoint")
+    with connect(srv.endpoint) as s:
+        t0 = time.monotonic()
+        s.kv.Range(rpc_pb2.RangeRequest(key=b"acked/slow", serializable=True), timeout=5)
+        assert time.monotonic() - t0 < 0.5
+    th.join(30)
+    assert done and done[0] >= 0.9 and srv.is_running()
 
 
 # --------------------------------------------------------------------------- three members
