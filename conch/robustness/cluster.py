@@ -381,9 +381,10 @@ class Cluster:
         return proc.poll() if proc is not None else None
 
     # -- network faults (need spec.proxy)
-    def partition(self, *groups: Iterable[int]) -> None:
+    def partition(self, *groups: Iterable[int], lossy: bool = False) -> None:
         """Blackhole every link between members of different groups (members listed in no
-        group keep all their links)."""
+        group keep all their links). ``lossy``: connections it stalled are reset when it ends,
+        losing what was queued on them."""
         gs = [sorted(set(g)) for g in groups]
         self._need_proxy()
         self._note("partition " + " | ".join(
@@ -393,13 +394,14 @@ class Cluster:
                 for i in ga:
                     for j in gb:
                         if i != j:
-                            self.rules.blackhole(self._id(i), self._id(j))
+                            self.rules.blackhole(self._id(i), self._id(j), lossy=lossy)
 
-    def isolate(self, i: int) -> None:
-        """Cut member ``i`` from all others: its links and unidentified connections into it."""
+    def isolate(self, i: int, *, lossy: bool = False) -> None:
+        """Cut member ``i`` from all others: its links and unidentified connections into it.
+        ``lossy``: connections it stalled are reset when it ends (see :meth:`partition`)."""
         self._need_proxy()
-        self._note(f"isolate {self.members[i].name}")
-        self.rules.isolate(self._id(i))
+        self._note(f"isolate {self.members[i].name}{' (lossy)' if lossy else ''}")
+        self.rules.isolate(self._id(i), lossy=lossy)
 
     def delay(self, i: int, ms: int, jitter_ms: int = 0) -> None:
         """Delay every chunk on every link touching ``i`` by ms +- jitter_ms (each way)."""

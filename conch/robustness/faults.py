@@ -168,8 +168,11 @@ class PartitionMember(Fault):
 
     def apply_once(self, ctx: FaultContext) -> None:
         i = _pick(ctx, self.role)
-        ctx.log(f"isolate member {i} ({self.role})")
-        ctx.cluster.isolate(i)
+        # Half the partitions lose what was queued on the cut connections (a long partition
+        # that outlives TCP), half deliver it late (a short one that TCP rides out).
+        lossy = ctx.rng.random() < 0.5
+        ctx.log(f"isolate member {i} ({self.role}){' lossy' if lossy else ''}")
+        ctx.cluster.isolate(i, lossy=lossy)
         try:
             if self.role == "leader":
                 _new_leader_among(ctx, i)
@@ -243,8 +246,10 @@ class Failpoint(Fault):
         if self.trigger == "snapshot-catchup":
             # The member must fall behind the leader's log compaction, then be healed so the
             # leader sends it a snapshot.
-            cl.isolate(i)
-            ctx.log(f"isolate member {i} so it needs a snapshot")
+            # Lossy: the leader's appends queued on the stalled connections must not reach the
+            # member after the heal, or it catches up from the log instead of a snapshot.
+            cl.isolate(i, lossy=True)
+            ctx.log(f"isolate member {i} (lossy) so it needs a snapshot")
             cl.set_failpoint(i, self.point, self.term)
             _wait_for_log_growth(ctx, exclude=i)
             ctx.log("heal network")
@@ -274,7 +279,7 @@ def _wait_for_log_growth(ctx: FaultContext, exclude: int) -> None:
     catchup = cl.catchup_entries()
     start = cl.raft_index(exclude=exclude)
     _poll("the log to grow past a snapshot",
-          lambda: cl.raft_index(exclude=exclude) - start > count + catchup + 10,
+          lambda: cl.raft_index(exclude=exclude) - start > 2 * count + catchup + 10,
           timeout=max(15.0, ctx.time_left() + 15))
 
 

@@ -156,6 +156,9 @@ class Effect:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     drop: float = 0.0
+    #: connections stalled by this blackhole are reset when it ends (what was in flight is
+    #: lost, as when a partition outlives the TCP connections), instead of resuming
+    lossy: bool = False
 
 
 _NONE = Effect()
@@ -167,6 +170,7 @@ class _LinkRule:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     drop: float = 0.0
+    lossy: bool = False
 
 
 class FaultRules:
@@ -180,17 +184,23 @@ class FaultRules:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._links: dict[frozenset[int], _LinkRule] = {}
-        self._isolated: set[int] = set()
+        self._isolated: dict[int, bool] = {}  # member -> lossy
         self._subscribers: list[Callable[[], None]] = []
         self._log: list[str] = []
 
     # -- changing
-    def blackhole(self, a: int, b: int) -> None:
-        self._change(f"blackhole {link_key(a, b)}", lambda: self._rule(a, b).__setattr__(
-            "blackhole", True))
+    def blackhole(self, a: int, b: int, *, lossy: bool = False) -> None:
+        def apply() -> None:
+            r = self._rule(a, b)
+            r.blackhole, r.lossy = True, lossy
 
-    def isolate(self, member: int) -> None:
-        self._change(f"isolate {member:x}", lambda: self._isolated.add(member))
+        self._change(f"blackhole {link_key(a, b)}{' lossy' if lossy else ''}", apply)
+
+    def isolate(self, member: int, *, lossy: bool = False) -> None:
+        def apply() -> None:
+            self._isolated[member] = lossy
+
+        self._change(f"isolate {member:x}{' lossy' if lossy else ''}", apply)
 
     def delay(self, a: int, b: int, ms: float, jitter_ms: float = 0.0) -> None:
         if ms < 0 or jitter_ms < 0:
@@ -220,15 +230,15 @@ class FaultRules:
         """The faults on a connection dialed by ``src`` into ``dst``'s proxy."""
         with self._lock:
             if dst is not None and dst in self._isolated:
-                return Effect(blackhole=True)
+                return Effect(blackhole=True, lossy=self._isolated[dst])
             if src is None or dst is None:
                 return _NONE
             if src in self._isolated:
-                return Effect(blackhole=True)
+                return Effect(blackhole=True, lossy=self._isolated[src])
             r = self._links.get(frozenset((src, dst)))
             if r is None:
                 return _NONE
-            return Effect(r.blackhole, r.delay_ms, r.jitter_ms, r.drop)
+            return Effect(r.blackhole, r.delay_ms, r.jitter_ms, r.drop, r.lossy)
 
     def active(self) -> bool:
         with self._lock:
@@ -550,12 +560,18 @@ class FaultProxy:
         return self.rules.effect(c.src, dst)
 
     async def _gate(self, c: _Conn) -> bool:
-        """Wait while the connection is blackholed; True if it had to wait."""
-        waited = False
-        while self._effect(c).blackhole and not c.reset and not self._closed:
-            waited = True
+        """Wait while the connection is blackholed; True if it had to wait. A connection that
+        waited out a lossy blackhole is reset."""
+        waited = lossy = False
+        while not c.reset and not self._closed:
+            eff = self._effect(c)
+            if not eff.blackhole:
+                break
+            waited, lossy = True, lossy or eff.lossy
             assert self._changed is not None
             await self._changed.wait()
+        if lossy and not c.reset:
+            self._reset(c, count=True)
         return waited
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

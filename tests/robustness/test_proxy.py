@@ -206,6 +206,27 @@ def test_blackhole_stalls_both_directions_then_delivers(proxy: FaultProxy, rules
     assert proxy.stats()[link_key(A, B)]["chunks_stalled"] >= 1
 
 
+def test_lossy_blackhole_resets_stalled_connections_on_heal(proxy: FaultProxy,
+                                                           rules: FaultRules) -> None:
+    with dial(proxy, conch_hello(A, B)) as s, dial(proxy, conch_hello(C, B)) as other:
+        recv_exactly(s, HELLO)
+        recv_exactly(other, HELLO)
+        rules.blackhole(A, B, lossy=True)
+        s.sendall(b"lost")
+        assert nothing_arrives(s, 0.3)
+        rules.heal()
+        # the stalled connection is reset: what was queued never arrives
+        s.settimeout(5.0)
+        try:
+            got = s.recv(100)
+        except ConnectionResetError:
+            got = b""
+        assert got == b""
+        other.sendall(b"still fine")
+        assert recv_exactly(other, 10) == b"still fine"  # untouched link keeps working
+    assert proxy.stats()[link_key(A, B)]["connections_reset"] >= 1
+
+
 def test_blackhole_holds_responses(proxy: FaultProxy, rules: FaultRules) -> None:
     """Data already read upstream-bound still cannot come back while the link is cut."""
     with dial(proxy, http_hello(A)) as s:
