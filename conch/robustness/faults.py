@@ -267,7 +267,7 @@ class Failpoint(Fault):
             cl.clear_failpoint(i, self.point)
             raise
         ctx.log(f"member {i} exited with status {cl.exit_code(i)} at {self.point}")
-        _wait(ctx.hold / 2)
+        _wait(min(ctx.hold / 2, 0.5))  # the others run without it for a moment
         ctx.log(f"restart member {i}")
         cl.restart(i)
 
@@ -363,7 +363,6 @@ class FailpointSequence(Fault):
         for fp in self.points:
             fp.apply_once(ctx)
             ctx.cluster.wait_healthy(timeout=60)
-            _wait(ctx.gap)
         return len(self.points)
 
 
@@ -398,7 +397,10 @@ class MixedFaults(Fault):
     def inject(self, ctx: FaultContext) -> int:
         n = 0
         while ctx.time_left() > ctx.hold + 3 or n == 0:
-            f = ctx.rng.choice(self.choices)
+            # half process/network faults, half failpoints (there are many more failpoints)
+            fps = [c for c in self.choices if isinstance(c, Failpoint)]
+            others = [c for c in self.choices if not isinstance(c, Failpoint)]
+            f = ctx.rng.choice(fps if fps and ctx.rng.random() < 0.5 else others)
             ctx.log(f"mixed: {f.name}")
             try:
                 f.apply_once(ctx)
