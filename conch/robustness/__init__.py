@@ -6,6 +6,16 @@
 - :mod:`.set_check`: acknowledged writes present at the end; no value nobody wrote.
 - :mod:`.lease_check`: no key of a lease readable after its expiry/revoke was reported.
 - :func:`check_all` runs them all and returns a :class:`~.report.Summary`.
+
+Running it:
+
+- :mod:`.proxy`: a fault-injecting TCP proxy in front of each member's peer port (blackhole,
+  delay, drop per link; knows conch's and etcd's peer handshakes).
+- :mod:`.cluster`: N real conch or etcd members from one :class:`~.cluster.ClusterSpec`, with
+  kill/restart, SIGSTOP/SIGCONT, partitions and failpoints.
+- :mod:`.traffic`: concurrent clients and watchers recording into a :class:`~.history.Recorder`.
+- :mod:`.faults`: the fault catalogue; :mod:`.run`: one run end to end; ``python -m
+  conch.robustness`` the command line (see the README).
 """
 
 from __future__ import annotations
