@@ -164,7 +164,7 @@ def search(
     budget: Budget,
     collect: bool = False,
     symmetry: Callable[[Operation], Hashable | None] | None = None,
-    canon: Callable[[int, Any], Any] | None = None,
+    canon: Callable[[int, Any], tuple[int, Any]] | None = None,
 ) -> SearchResult:
     """Porcupine-style search. ``ops`` must be sorted by invoke time. With ``collect`` every
     final state is gathered instead of stopping at the first full linearization.
@@ -179,8 +179,9 @@ def search(
     return, so any linearization using the later one here and the earlier one later stays
     valid with the two swapped, and yields the same states.
 
-    ``canon(mask, state)`` may map a state to an equivalent one for the operations not in
-    ``mask`` (same successors for every sequence of them), so that more nodes are merged.
+    ``canon(mask, state)`` may map a node to an equivalent one (same successors for every
+    sequence of the operations left), so that more nodes are merged: a state with less in it,
+    and a mask with more optional ops in it (ops that can no longer take effect, closed).
 
     Unless ``collect``: operations with unknown outcome are *optional*. They are placed only
     where they take effect (a successor equal to the current state -- "had no effect" -- is
@@ -261,11 +262,9 @@ def search(
             nmask = mask | (1 << c)
             lazy_op = lazy and ret[c] == INF and (optmask >> c) & 1
             for nst in step(st, ops[c]):
-                if canon is not None:
-                    nst = canon(nmask, nst)
                 if lazy_op and nst == st:
                     continue
-                node = (nmask, nst)
+                node = (nmask, nst) if canon is None else canon(nmask, nst)
                 if node not in seen:
                     seen.add(node)
                     stack.append(node)
@@ -290,7 +289,7 @@ def _priority(op: Operation) -> tuple[float, int, int]:
     would be placed (and then undone) before it, at every point where it is a candidate."""
     resp = op.response
     if op.status != OK:
-        return (INF, 2, op.invoke)
+        return (INF, 2 if isinstance(op.request, LeaseRevoke) else 3, op.invoke)
     if resp is None or resp.revision is None:
         return (INF, 1, op.invoke)
     req = op.request
@@ -389,28 +388,41 @@ class KVModel:
             return None  # whether it writes at all depends on in-scope state
         return "w"
 
-    def canonicalizer(self, ops: Sequence[Operation]) -> Callable[[int, State], State] | None:
+    def canonicalizer(
+        self, ops: Sequence[Operation]
+    ) -> Callable[[int, State], tuple[int, State]] | None:
         """For :func:`search`'s ``canon``: forget that a lease is revoked once no operation left
         to linearize refers to it (a put with it, or an observation of its expiry); revokes do
         not depend on it. Without this every lease expiry of unknown outcome, linearized or
-        not, "took effect" or not, splits the state space in two."""
+        not, "took effect" or not, splits the state space in two.
+
+        A put of unknown outcome with a revoked lease can no longer take effect (the lease
+        stays revoked while anything refers to it), so it is closed (added to the mask) and
+        does not keep the lease referred to: else a put that timed out with a lease that then
+        expired kept that lease in every state to the end of the history."""
         if not self.leases:
             return None
         refs: dict[int, int] = {}
+        dead: dict[int, int] = {}  # lease -> unknown-outcome puts with it
         for i, op in enumerate(ops):
             req = op.request
             leases = {req.lease} if isinstance(req, LeaseExpired) else _leases_of(req)
             for lease in leases:
-                refs[lease] = refs.get(lease, 0) | (1 << i)
+                if op.status != OK and isinstance(req, Put):
+                    dead[lease] = dead.get(lease, 0) | (1 << i)
+                else:
+                    refs[lease] = refs.get(lease, 0) | (1 << i)
 
-        def canon(mask: int, state: State) -> State:
+        def canon(mask: int, state: State) -> tuple[int, State]:
             revoked = state[2]
             if not revoked:
-                return state
+                return mask, state
+            for x in revoked:
+                mask |= dead.get(x, 0)
             keep = frozenset(x for x in revoked if refs.get(x, 0) & ~mask)
             if len(keep) == len(revoked):
-                return state
-            return (state[0], state[1], keep)
+                return mask, state
+            return mask, (state[0], state[1], keep)
 
         return canon
 
