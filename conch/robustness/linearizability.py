@@ -286,7 +286,8 @@ def _priority(op: Operation) -> tuple[float, int, int]:
     reads at R; operations with unknown outcome last (they are optional). An op with outcome
     ok but no revision (``lease_expired``) comes before those: it must be placed, and until it
     is, nothing invoked after its return is a candidate; behind them, each pending unknown op
-    would be placed (and then undone) before it, at every point where it is a candidate."""
+    would be placed (and then undone) before it, at every point where it is a candidate.
+    Among unknown ops, lease revokes (expiries) first: what such an observation waits for."""
     resp = op.response
     if op.status != OK:
         return (INF, 2 if isinstance(op.request, LeaseRevoke) else 3, op.invoke)
