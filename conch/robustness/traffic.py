@@ -475,7 +475,10 @@ class _Traffic:
             self.rec.record_return(op, error=f"{e.code().name}: {e.details()}")
             self._count("lease_ttl", "unknown")
             return "unknown"
-        if r.TTL == -1:
+        # etcd answers TTL -1 with grantedTTL 0 for a lease it does not know, but also TTL -1
+        # with the granted TTL for a lease past its expiry that nobody revoked yet (remaining
+        # time truncated to seconds), which a new leader may still extend: not "gone".
+        if r.TTL == -1 and r.grantedTTL == 0:
             # no revision: TimeToLive is not a KV read, its header need not be linearizable
             self.rec.record_return(op, Response())
             self._count("lease_ttl", "ok")
