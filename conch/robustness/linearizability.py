@@ -75,7 +75,9 @@ Cost
 Candidates are tried in the order the responses' revisions suggest; unknown-outcome ops are
 optional (placed only where they take effect, tried last) and interchangeable ones are tried
 once; states that differ only in revoked leases nothing left refers to are merged (see
-``search``); ops inert in a partition (``lease_expired`` in the revision order) are left out
+``search``); an unknown-outcome revoke of a lease no key holds is placed only right before an
+op that observes the lease (a put with it, its ``lease_expired``), and closed once none is
+left (``Deferral``); ops inert in a partition (``lease_expired`` in the revision order) are left out
 of it (see ``check``), and ok ops with no revision are tried before the unknown ones. So
 passing histories of thousands of ops with ~8 concurrent clients and dozens of lease expiries
 (recorded as unknown-outcome revokes) check the partitions in well under a second. The full
@@ -165,6 +167,7 @@ def search(
     collect: bool = False,
     symmetry: Callable[[Operation], Hashable | None] | None = None,
     canon: Callable[[int, Any], tuple[int, Any]] | None = None,
+    defer: Deferral | None = None,
 ) -> SearchResult:
     """Porcupine-style search. ``ops`` must be sorted by invoke time. With ``collect`` every
     final state is gathered instead of stopping at the first full linearization.
@@ -191,7 +194,13 @@ def search(
     the op for good): a lease expiry tried before the revision it really happened at would
     otherwise be settled as "no effect" there, and the contradiction found hundreds of ops
     later would backtrack over all of them. With ``collect`` every op is placed (the final
-    states must be exact) and ``canon`` is not applied."""
+    states must be exact) and ``canon`` is not applied.
+
+    ``defer`` (unless ``collect``): optional ops whose effect, from the current state, only
+    some later ops can observe (see :class:`Deferral`) are not tried on their own there, only
+    right before one of those observers. Complete: in any linearization such an op can be moved
+    later past every op that does not observe it (neither depends on the other, and a
+    never-returning op stays a candidate), up to its first observer or out of the sequence."""
     n = len(ops)
     prio = _priorities(ops)
     sym = [symmetry(op) if symmetry is not None else None for op in ops]
@@ -204,6 +213,15 @@ def search(
     optional = [i for i, op in enumerate(ops) if op.status != OK] if lazy else []
     optmask = sum(1 << i for i in optional)
     need = full & ~optmask  # what a linearization must hold
+    if collect:
+        defer = None
+    tags: list[Hashable | None] = [None] * n
+    observers: dict[Hashable, int] = {}
+    if defer is not None:
+        tags = [defer.tag(op) if (optmask >> i) & 1 else None for i, op in enumerate(ops)]
+        for i, op in enumerate(ops):
+            for t in defer.observes(op):
+                observers[t] = observers.get(t, 0) | (1 << i)
     stack: list[tuple[int, Any]] = [(0, s) for s in init_states]
     seen = set(stack)
     result = SearchResult("violation")
@@ -256,6 +274,16 @@ def search(
                     classes.add(k)
                 kept.append(c)
             cands = kept
+        held: dict[Hashable, int] = {}  # deferred tag -> the candidate deferred for it
+        if defer is not None:
+            kept = []
+            for c in cands:
+                t = tags[c]
+                if t is not None and not defer.effective(st, t):
+                    held.setdefault(t, c)
+                else:
+                    kept.append(c)
+            cands = kept
         if len(cands) > 1:
             cands.sort(key=prio.__getitem__)
         for c in reversed(cands):
@@ -268,8 +296,41 @@ def search(
                 if node not in seen:
                     seen.add(node)
                     stack.append(node)
+            if held and defer is not None:
+                # the deferred ops this candidate observes, placed right before it
+                for t in defer.observes(ops[c]):
+                    d = held.get(t)
+                    if d is None:
+                        continue
+                    for mid in step(st, ops[d]):
+                        if mid == st:
+                            continue
+                        for nst in step(mid, ops[c]):
+                            if lazy_op and nst == mid:
+                                continue
+                            dmask = nmask | (1 << d)
+                            node = (dmask, nst) if canon is None else canon(dmask, nst)
+                            if node not in seen:
+                                seen.add(node)
+                                stack.append(node)
     budget.explored += tick & 255
     return result
+
+
+class Deferral:
+    """For :func:`search`'s ``defer``. ``tag(op)``: for an optional op, a tag when its effect
+    may be one that only the ops ``observes`` lists the tag for can see; ``effective(state,
+    tag)``: whether, from ``state``, it may have any other effect (then it is tried as usual).
+    ``observes(op)`` must list the tag for every op whose step could tell the difference."""
+
+    def tag(self, op: Operation) -> Hashable | None:
+        return None
+
+    def effective(self, state: Any, tag: Hashable) -> bool:
+        return True
+
+    def observes(self, op: Operation) -> Iterable[Hashable]:
+        return ()
 
 
 def _priorities(ops: Sequence[Operation]) -> list[tuple[float, int, int]]:
@@ -405,8 +466,11 @@ class KVModel:
             return None
         refs: dict[int, int] = {}
         dead: dict[int, int] = {}  # lease -> unknown-outcome puts with it
+        revokes: dict[int, int] = {}  # lease -> unknown-outcome revokes of it
         for i, op in enumerate(ops):
             req = op.request
+            if isinstance(req, LeaseRevoke) and op.status != OK:
+                revokes[req.lease] = revokes.get(req.lease, 0) | (1 << i)
             leases = {req.lease} if isinstance(req, LeaseExpired) else _leases_of(req)
             for lease in leases:
                 if op.status != OK and isinstance(req, Put):
@@ -414,18 +478,38 @@ class KVModel:
                 else:
                     refs[lease] = refs.get(lease, 0) | (1 << i)
 
+        users = {x: refs.get(x, 0) | dead.get(x, 0) for x in revokes}
+
         def canon(mask: int, state: State) -> tuple[int, State]:
             revoked = state[2]
-            if not revoked:
-                return mask, state
             for x in revoked:
                 mask |= dead.get(x, 0)
+            # An unknown revoke of a lease no key holds, with nothing left that refers to the
+            # lease (that could put it on a key, or observe its revocation), can have no
+            # effect any more: closed, so the nodes that did or did not place it merge.
+            if revokes:
+                held = {r[5] for _, r in state[1]}
+                for x, bits in revokes.items():
+                    if bits & ~mask and x not in held and not users.get(x, 0) & ~mask:
+                        mask |= bits
+            if not revoked:
+                return mask, state
             keep = frozenset(x for x in revoked if refs.get(x, 0) & ~mask)
             if len(keep) == len(revoked):
                 return mask, state
             return mask, (state[0], state[1], keep)
 
         return canon
+
+    def deferral(self) -> Deferral | None:
+        """For :func:`search`'s ``defer``: an unknown-outcome revoke of a lease no key holds
+        only marks the lease revoked (no key deleted; in a per-key partition g stays, in the
+        full model the revision stays), which only puts with the lease and ``lease_expired``
+        of it can observe. So it is placed only right before one of those (every unknown
+        lease expiry, tried at every point, multiplied the states by two)."""
+        if not self.leases:
+            return None
+        return _LeaseDeferral()
 
     def inert(self, op: Operation) -> bool:
         """True when ``op`` (outcome ok) neither changes nor constrains any state of this model:
@@ -679,6 +763,23 @@ class KVModel:
         return [ctx]
 
 
+class _LeaseDeferral(Deferral):
+    def tag(self, op: Operation) -> Hashable | None:
+        req = op.request
+        if op.status != OK and isinstance(req, LeaseRevoke):
+            return req.lease
+        return None
+
+    def effective(self, state: Any, tag: Hashable) -> bool:
+        return any(r[5] == tag for _, r in state[1])
+
+    def observes(self, op: Operation) -> Iterable[Hashable]:
+        req = op.request
+        if isinstance(req, LeaseExpired):
+            return (req.lease,)
+        return _leases_of(req)
+
+
 # ================================================================ driver
 
 
@@ -840,6 +941,7 @@ def _check_part(
         budget,
         symmetry=part.model.symmetry,
         canon=part.model.canonicalizer(part.ops),
+        defer=part.model.deferral(),
     )
     if res.status == "ok":
         return CheckResult(part.name, "ok", "")
