@@ -158,6 +158,32 @@ def test_async_mutex_and_cancel(any_server: harness.ServerProcess) -> None:
     run(any_server, body)
 
 
+def test_async_mutex_cancelled_during_acquire_leaves_no_key(
+    any_server: harness.ServerProcess,
+) -> None:
+    """Regression (found by the full suite under load): a lock cancelled while its acquire txn
+    was in flight left its waiter key behind, which would block every later locker."""
+
+    async def body(c: AsyncClient) -> None:
+        s1, s2 = await AsyncSession.create(c, ttl=10), await AsyncSession.create(c, ttl=10)
+        try:
+            m1, m2 = AsyncMutex(s1, "/alc"), AsyncMutex(s2, "/alc")
+            async with m1:
+                # cancel after 0, 1, 2, ... loop turns: some land while the txn is in flight
+                for turns in range(12):
+                    t = asyncio.ensure_future(m2.lock())
+                    for _ in range(turns):
+                        await asyncio.sleep(0)
+                    t.cancel()
+                    await asyncio.gather(t, return_exceptions=True)
+                    assert await _n(c, "/alc") == 1, f"waiter key left after {turns} turns"
+        finally:
+            await s1.close()
+            await s2.close()
+
+    run(any_server, body)
+
+
 def test_async_stm_transfers(any_server: harness.ServerProcess) -> None:
     async def body(c: AsyncClient) -> None:
         for k in ("/aa", "/ab"):

@@ -105,10 +105,24 @@ class Mutex(_MutexBase):
 
 
 class AsyncMutex(_MutexBase):
+    async def _acquire(self, my_key: bytes) -> bool:
+        """Run the acquire txn. Cancelled while it is in flight, the txn may still have
+        created our key: wait for its outcome and remove the key, so a cancelled lock leaves
+        nothing behind (a waiter key left over would block every later locker)."""
+        call = asyncio.ensure_future(self.client.txn(*self._acquire_txn(my_key)))
+        try:
+            r = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                self._acquired(my_key, await call)
+                await asyncio.shield(self._unlock_quietly())
+            raise
+        return self._acquired(my_key, r)
+
     async def lock(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         my_key = self._my_key()
-        if self._acquired(my_key, await self.client.txn(*self._acquire_txn(my_key))):
+        if await self._acquire(my_key):
             return self._rev
         try:
             self._header = await wait_turn_async(
@@ -125,7 +139,7 @@ class AsyncMutex(_MutexBase):
 
     async def try_lock(self) -> int:
         my_key = self._my_key()
-        if self._acquired(my_key, await self.client.txn(*self._acquire_txn(my_key))):
+        if await self._acquire(my_key):
             return self._rev
         await self.unlock()
         raise Locked()
