@@ -184,6 +184,30 @@ def test_async_mutex_cancelled_during_acquire_leaves_no_key(
     run(any_server, body)
 
 
+def test_async_campaign_cancelled_during_acquire_leaves_no_candidate(
+    any_server: harness.ServerProcess,
+) -> None:
+    """Same window as the mutex: a campaign cancelled while its txn was in flight must not
+    leave a candidate key that could later be elected with nobody behind it."""
+
+    async def body(c: AsyncClient) -> None:
+        s1, s2 = await AsyncSession.create(c, ttl=10), await AsyncSession.create(c, ttl=10)
+        try:
+            await AsyncElection(s1, "/aec").campaign("leader")
+            for turns in range(12):
+                t = asyncio.ensure_future(AsyncElection(s2, "/aec").campaign("w"))
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+                assert await _n(c, "/aec") == 1, f"candidate key left after {turns} turns"
+        finally:
+            await s1.close()
+            await s2.close()
+
+    run(any_server, body)
+
+
 def test_async_stm_transfers(any_server: harness.ServerProcess) -> None:
     async def body(c: AsyncClient) -> None:
         for k in ("/aa", "/ab"):

@@ -186,7 +186,18 @@ class AsyncElection(_ElectionBase):
             raise SessionExpired("session ended before campaign")
         val = C.to_bytes(value)
         my_key = C.candidate_key(self._kprefix, s.lease_id)
-        r = await self.client.txn(*C.acquire_txn(my_key, val, s.lease_id, self._kprefix, False))
+        call = asyncio.ensure_future(
+            self.client.txn(*C.acquire_txn(my_key, val, s.lease_id, self._kprefix, False)))
+        try:
+            r = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The txn may still create our key: a candidate nobody campaigns for could later
+            # be elected. Wait for its outcome and resign if it did.
+            with contextlib.suppress(BaseException):
+                acq = C.acquire_result(await call, False)
+                self._key, self._rev, self._header = my_key, acq.rev, acq.header
+                await asyncio.shield(self._abandon())
+            raise
         acq = C.acquire_result(r, False)
         self._key, self._rev, self._header = my_key, acq.rev, acq.header
         try:
