@@ -148,7 +148,7 @@ def run_scenario(
             log=log,
         )
         stats, applied, fault_error = asyncio.run(
-            _traffic_with_fault(cluster, recorder, fault, ctx, seed, duration, traffic, log))
+            _traffic_with_fault(cluster, recorder, fault, ctx, seed, duration, traffic))
         if fault_error:
             errors.append(fault_error)
         log("recovering: heal, resume and restart every member")
@@ -193,7 +193,6 @@ async def _traffic_with_fault(
     seed: int,
     duration: float,
     traffic: TrafficConfig | None,
-    log: object,
 ) -> tuple[TrafficStats, int, str | None]:
     # Faults start after a warm-up and new ones stop early enough for the last one to recover
     # while traffic still runs, so every run has traffic before, during and after a fault.

@@ -8,6 +8,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from conch.proto.etcdserverpb import rpc_pb2
+from tests.grpc_stubs import connect
 from tests.harness import REPO_ROOT, ConchProcess, free_port
 
 
@@ -95,3 +99,29 @@ class Cluster:
     def close(self) -> None:
         for m in self.members:
             m.close()
+
+
+def member_status(endpoint: str) -> rpc_pb2.StatusResponse | None:
+    """The member's Status, or None if it does not answer within 2 s."""
+    try:
+        with connect(endpoint) as s:
+            return s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=2)
+    except grpc.RpcError:
+        return None
+
+
+def agreed_leader(cluster: Cluster, among: list[EnvFileMember] | None = None
+                  ) -> EnvFileMember | None:
+    """The member every live member (or every one of ``among``) agrees is leader, or None."""
+    members = among or [m for m in cluster.members if m.is_running()]
+    statuses = [member_status(m.endpoint) for m in members]
+    if any(s is None for s in statuses):
+        return None
+    leads = {s.leader for s in statuses if s is not None}
+    if len(leads) != 1 or 0 in leads:
+        return None
+    lead = leads.pop()
+    for m, s in zip(members, statuses, strict=True):
+        if s is not None and s.header.member_id == lead:
+            return m
+    return None

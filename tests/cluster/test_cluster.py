@@ -12,35 +12,13 @@ import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2
 from tests.cluster.harness import Cluster
+from tests.cluster.harness import agreed_leader as _leader
+from tests.cluster.harness import member_status as _status
 from tests.grpc_stubs import connect
 from tests.harness import etcdctl
 from tests.polling import poll
 
 ELECTION_S = 1.0  # etcd's default --election-timeout
-
-
-def _status(endpoint: str) -> rpc_pb2.StatusResponse | None:
-    try:
-        with connect(endpoint) as s:
-            return s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=2)
-    except grpc.RpcError:
-        return None
-
-
-def _leader(cluster: Cluster, among=None):
-    """The member every live member agrees is leader, or None."""
-    members = among or [m for m in cluster.members if m.is_running()]
-    statuses = [_status(m.endpoint) for m in members]
-    if any(s is None for s in statuses):
-        return None
-    leads = {s.leader for s in statuses}
-    if len(leads) != 1 or 0 in leads:
-        return None
-    lead = leads.pop()
-    for m, s in zip(members, statuses, strict=True):
-        if s.header.member_id == lead:
-            return m
-    return None
 
 
 def test_three_members_from_env_files(cluster):

@@ -25,6 +25,8 @@ import pytest
 from conch.proto.etcdserverpb import rpc_pb2
 from conch.server import failpoints
 from tests.cluster.harness import Cluster
+from tests.cluster.harness import agreed_leader as _leader
+from tests.cluster.harness import member_status as _status
 from tests.grpc_stubs import connect
 from tests.harness import REPO_ROOT, ConchProcess, ServerProcess, free_port
 from tests.polling import poll
@@ -456,27 +458,6 @@ def test_sleep_failpoint_delays_a_live_member(single):
 
 
 # --------------------------------------------------------------------------- three members
-
-
-def _status(endpoint: str) -> rpc_pb2.StatusResponse | None:
-    try:
-        with connect(endpoint) as s:
-            return s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=2)
-    except grpc.RpcError:
-        return None
-
-
-def _leader(cluster: Cluster):
-    members = [m for m in cluster.members if m.is_running()]
-    statuses = [_status(m.endpoint) for m in members]
-    if any(s is None for s in statuses):
-        return None
-    leads = {s.leader for s in statuses}
-    if len(leads) != 1 or 0 in leads:
-        return None
-    lead = leads.pop()
-    return next((m for m, s in zip(members, statuses, strict=True)
-                 if s.header.member_id == lead), None)
 
 
 def _converged(cluster: Cluster):
