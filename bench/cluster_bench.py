@@ -240,6 +240,8 @@ def build_workloads(a: argparse.Namespace) -> list[Workload]:
     ks = max(1, s)  # the reads hit the keys written by put-1c (all present)
     return [
         Workload("put-1c", f"put, 1 client, sequential keys, {s} ops", "put", 1, s, True, ks),
+        Workload("txn-put-1c", f"txn If(version(k) > -1) Then(put k), 1 client, {s} ops",
+                 "txn-put", 1, s, False, a.key_space),
         Workload(f"put-{n}c", f"put, {n} clients, random keys, {c} ops",
                  "put", n, c, False, a.key_space),
         Workload(f"txn-put-{n}c", f"txn If(version(k) > -1) Then(put k), {n} clients, {c} ops",
@@ -451,6 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results JSON path")
     ap.add_argument("--no-fsync-probe", action="store_true", help="skip the fsync latency probe")
+    ap.add_argument(
+        "--workloads",
+        default="",
+        help="comma-separated workload names to run (default: all), e.g. put-1c,txn-put-1c",
+    )
     a = ap.parse_args(argv)
 
     for n in ("single_ops", "conc_ops", "clients", "repeat", "key_space"):
@@ -472,6 +479,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.leader_only:
             ap.error("--leader-only needs etcdctl")
     workloads = build_workloads(a)
+    if a.workloads:
+        wanted = [w.strip() for w in a.workloads.split(",") if w.strip()]
+        known = {w.name for w in workloads}
+        unknown = [w for w in wanted if w not in known]
+        if unknown:
+            ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        workloads = [w for w in workloads if w.name in wanted]
     kinds = list(KINDS) if a.only == "both" else [a.only]
     ncpu = os.cpu_count()
     nproc_servers = MEMBERS * len(kinds)

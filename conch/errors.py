@@ -1,21 +1,46 @@
-"""etcd's server errors: gRPC status code plus the exact message string.
+"""etcd's server errors: a status code plus the exact message string.
 
 Go clientv3 maps errors back by their exact description (rpctypes.errStringToError),
 so the message strings are part of the wire contract. Raise these anywhere in the
-server; the gRPC layer turns them into statuses and the gateway into JSON bodies.
+server; the API layer (`conch.api.errors`) holds the one table that turns a `Code` into a
+gRPC status (and, for the JSON gateway, an HTTP status). Nothing here imports grpc: the
+store, the lessor and the server speak only `Code`.
 """
 
 from __future__ import annotations
 
-import grpc
+import enum
+
+
+class Code(enum.IntEnum):
+    """Status classes of etcd's errors. The values are the gRPC status code numbers (a wire
+    fact, not an import), so the API layer's table is a plain lookup."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
 
 
 class EtcdError(Exception):
-    """An error with etcd's gRPC status code and exact message."""
+    """An error with etcd's status code and exact message."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = Code(code)
         self.message = message
 
     def __eq__(self, other: object) -> bool:
@@ -32,10 +57,10 @@ class EtcdError(Exception):
         return f"EtcdError({self.code.name}, {self.message!r})"
 
 
-_C = grpc.StatusCode
+_C = Code
 
 
-def _e(code: grpc.StatusCode, message: str) -> EtcdError:
+def _e(code: Code, message: str) -> EtcdError:
     return EtcdError(code, message)
 
 
@@ -83,6 +108,9 @@ ErrClusterIDMismatch = _e(_C.FAILED_PRECONDITION, "etcdserver: cluster ID mismat
 
 # --- Server / raft state -------------------------------------------------------------------
 ErrNoLeader = _e(_C.UNAVAILABLE, "etcdserver: no leader")
+# raft refused a proposal while a leader exists (e.g. during a leadership transfer); etcd
+# returns raft's own error text, which the gRPC layer reports as Unknown.
+ErrProposalDropped = _e(_C.UNKNOWN, "raft proposal dropped")
 ErrNotLeader = _e(_C.FAILED_PRECONDITION, "etcdserver: not leader")
 ErrLeaderChanged = _e(_C.UNAVAILABLE, "etcdserver: leader changed")
 ErrNotCapable = _e(_C.FAILED_PRECONDITION, "etcdserver: not capable")

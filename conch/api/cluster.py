@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from conch.api.errors import unary
+from conch.api.errors import from_rpc_error, unary
 from conch.api.forward import FORWARDED, LeaderChannel, is_forwarded
 from conch.errors import (
     ErrLearnerNotReady,
@@ -20,7 +20,6 @@ from conch.errors import (
     ErrNotLeader,
     ErrPeerURLExist,
     ErrTooManyLearners,
-    EtcdError,
     err,
 )
 from conch.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -152,7 +151,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                 stub = await self._leader.cluster()
                 resp = await stub.MemberPromote(request, metadata=(FORWARDED,), timeout=10)
             except grpc.aio.AioRpcError as exc:
-                raise EtcdError(exc.code(), exc.details() or "") from None
+                raise from_rpc_error(exc) from None
             # The leader's view: this member may not have applied the change yet.
             return rpc_pb2.MemberPromoteResponse(header=self._header(), members=resp.members)
         if not m.learner_ready(request.ID):

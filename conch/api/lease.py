@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from conch.api.errors import unary
+from conch.api.errors import abort, from_rpc_error, unary
 from conch.api.forward import FORWARDED, LeaderChannel, is_forwarded
 from conch.errors import ErrLeaseTTLTooLarge, ErrNoLeader, ErrNotLeader, EtcdError, err
 from conch.lease import MAX_LEASE_TTL
@@ -69,7 +69,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                     yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=req.ID, TTL=ttl)
                     continue
                 if forwarded:
-                    await context.abort(ErrNotLeader.code, ErrNotLeader.message)
+                    await abort(context, err(ErrNotLeader))
                 try:
                     if upstream is None or upstream_lead != m.lead:
                         if upstream is not None:
@@ -80,13 +80,13 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                     await upstream.write(req)
                     resp = await upstream.read()
                 except EtcdError as exc:
-                    await context.abort(exc.code, exc.message)
+                    await abort(context, exc)
                 except grpc.RpcError:
                     upstream = None
-                    await context.abort(ErrNoLeader.code, ErrNoLeader.message)
+                    await abort(context, err(ErrNoLeader))
                 if resp is grpc.aio.EOF:
                     upstream = None
-                    await context.abort(ErrNoLeader.code, ErrNoLeader.message)
+                    await abort(context, err(ErrNoLeader))
                 yield rpc_pb2.LeaseKeepAliveResponse(header=header, ID=resp.ID, TTL=resp.TTL)
         finally:
             if upstream is not None:
@@ -107,7 +107,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                     request, metadata=(FORWARDED,), timeout=5
                 )
             except grpc.aio.AioRpcError as exc:
-                raise EtcdError(exc.code(), exc.details() or "") from None
+                raise from_rpc_error(exc) from None
             resp.header.CopyFrom(m.header())
             return resp
         await m.read_barrier()

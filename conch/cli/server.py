@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    from conch.server import failpoints
+    from conch import failpoints
     from conch.server.member import StartupError
 
     try:

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import lmdb
 
-from conch.backend import Backend
+from conch.backend import Backend, schema
 from conch.errors import (
     ErrLeaseExist,
     ErrLeaseNotFound,
@@ -79,7 +79,7 @@ DEFAULT_REVOKE_RATE = 1000
 # reported again for this long, unless it is still there (its revoke was lost).
 DEFAULT_EXPIRED_RETRY_INTERVAL = 3.0
 
-_LEASE_BUCKET = b"lease"
+_LEASE_BUCKET = schema.LEASE
 _U64 = struct.Struct(">Q")
 _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1

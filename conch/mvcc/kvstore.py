@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import crc32c
 import lmdb
 
+from conch import failpoints
+from conch.backend import schema
+from conch.backend.schema import META_CURRENT_REV, META_FINISHED_COMPACT, META_SCHEDULED_COMPACT
 from conch.errors import (
     ErrCompacted,
     ErrFutureRev,
@@ -41,15 +44,11 @@ from conch.proto.etcdserverpb.rpc_pb2 import (
     TxnResponse,
 )
 from conch.proto.mvccpb.kv_pb2 import Event, KeyValue
-from conch.server import failpoints
 
 if TYPE_CHECKING:
     from conch.backend import Backend
 
 # meta keys. `scheduledCompactRev` / `finishedCompactRev` use etcd's names and encoding.
-META_CURRENT_REV = b"conch_current_rev"
-META_SCHEDULED_COMPACT = b"scheduledCompactRev"
-META_FINISHED_COMPACT = b"finishedCompactRev"
 
 _U64 = struct.Struct(">Q")
 
@@ -109,10 +108,10 @@ class KVStore:
         """(Re)fetch the LMDB handles; called again after the backend was defragmented."""
         backend = self.backend
         self.env: lmdb.Environment = backend.env
-        self._key = backend.db(b"key")
-        self._index = backend.db(b"index")
-        self._latest = backend.db(b"latest")
-        self._meta = backend.db(b"meta")
+        self._key = backend.db(schema.KEY)
+        self._index = backend.db(schema.INDEX)
+        self._latest = backend.db(schema.LATEST)
+        self._meta = backend.db(schema.META)
 
     # --- revisions --------------------------------------------------------------------
     def _cur(self, txn: lmdb.Transaction) -> int:
@@ -555,7 +554,7 @@ class KVStore:
             if rev <= 0:
                 rev = cur
             crc = crc32c.crc32c
-            h = crc(b"key")
+            h = crc(schema.KEY)
             stop = K.main_prefix(rev + 1)
             lower = K.main_prefix(compact + 1) if compact >= 0 else b""
             with _cursor(txn, db=self._key) as c:

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
-from conch.backend import META_CONSISTENT_INDEX, Backend
+from conch import failpoints
+from conch.backend import META_CONSISTENT_INDEX, Backend, schema
 from conch.errors import (
+    Code,
     ErrMemberExist,
     ErrMemberNotFound,
     ErrPeerURLExist,
@@ -29,14 +29,10 @@ from conch.mvcc import KVStore
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
 from conch.proto.mvccpb import kv_pb2
 from conch.raft.types import ConfChange, ConfChangeType
-from conch.server import failpoints
 from conch.server.membership import MemberInfo, Membership
 
 InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
 
-ALARM_BUCKET = b"alarm"
-# meta keys remembering conf changes rejected at apply time, by raft index
-_REJECTED_CC = b"conch_rejected_conf_change/"
 
 
 @dataclass(slots=True)
@@ -70,7 +66,7 @@ class Applier:
 
     def _load_alarms(self) -> None:
         with self._backend.read() as txn:
-            cur = txn.cursor(db=self._backend.db(ALARM_BUCKET))
+            cur = txn.cursor(db=self._backend.db(schema.ALARM))
             for key, _ in cur:
                 am = rpc_pb2.AlarmMember.FromString(bytes(key))
                 self.alarms.add((am.memberID, am.alarm))
@@ -169,13 +165,13 @@ class Applier:
         not both take effect. A rejected change is remembered (so a replay after a restart
         rejects it again without re-validating against a newer membership) and returned;
         the caller then applies a no-op change to raft."""
-        rejected_key = _REJECTED_CC + b"%016x" % index
-        meta = self._backend.db(b"meta")
+        rejected_key = schema.META_REJECTED_CONF_CHANGE_PREFIX + b"%016x" % index
+        meta = self._backend.db(schema.META)
         with self._backend.write() as txn:
             ci = self._backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
             if index <= ci:  # replay: the outcome was decided when it first applied
                 raw = txn.get(rejected_key, db=meta)
-                return None if raw is None else EtcdError(grpc.StatusCode.FAILED_PRECONDITION,
+                return None if raw is None else EtcdError(Code.FAILED_PRECONDITION,
                                                           bytes(raw).decode())
             problem = self._invalid_conf_change(cc)
             if problem is not None:
@@ -233,7 +229,7 @@ class Applier:
             self.membership.update_peer_urls(txn, m.id, m.peer_urls)
 
     def _apply_alarm(self, txn: Any, req: rpc_pb2.AlarmRequest, applied: Applied) -> Any:
-        db = self._backend.db(ALARM_BUCKET)
+        db = self._backend.db(schema.ALARM)
         resp = rpc_pb2.AlarmResponse()
         A = rpc_pb2.AlarmRequest
         if req.action == A.ACTIVATE and req.alarm != rpc_pb2.NONE:

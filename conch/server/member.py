@@ -26,15 +26,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from conch import ETCD_COMPAT_VERSION
+from conch import ETCD_COMPAT_VERSION, failpoints
 from conch.backend import Backend
 from conch.errors import (
     ErrLeaderChanged,
     ErrNoLeader,
     ErrNoSpace,
     ErrNotSupportedForLearner,
+    ErrProposalDropped,
     ErrRequestTooLarge,
     ErrStopped,
     ErrTimeout,
@@ -71,7 +70,6 @@ from conch.raft.types import (
     StateType,
     conf_change_from_entry,
 )
-from conch.server import failpoints
 from conch.server import snap as snapfile
 from conch.server.apply import Applied, Applier
 from conch.server.compactor import Compactor
@@ -713,9 +711,7 @@ class Member:
         except ProposalDropped:
             # etcd: no leader -> "etcdserver: no leader"; otherwise raft's own error
             # ("raft proposal dropped", e.g. during a leadership transfer) as Unknown.
-            failure = err(ErrNoLeader) if not self.lead else EtcdError(
-                grpc.StatusCode.UNKNOWN, "raft proposal dropped"
-            )
+            failure = err(ErrNoLeader) if not self.lead else err(ErrProposalDropped)
             for rid, _ in batch:
                 fut = self._waiters.pop(rid, None)
                 if fut is not None and not fut.done():

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from conch.backend import Backend
+from conch.backend import Backend, schema
 from conch.proto.etcdserverpb import rpc_pb2
 
 _U64 = struct.Struct(">Q")
@@ -65,14 +65,14 @@ class Membership:
         self.members: dict[int, MemberInfo] = {}
         self.removed: set[int] = set()
         with backend.read() as txn:
-            for _, raw in txn.cursor(db=backend.db(b"members")):
+            for _, raw in txn.cursor(db=backend.db(schema.MEMBERS)):
                 m = MemberInfo.from_json(bytes(raw))
                 self.members[m.id] = m
-            for key, _ in txn.cursor(db=backend.db(b"members_removed")):
+            for key, _ in txn.cursor(db=backend.db(schema.MEMBERS_REMOVED)):
                 self.removed.add(int(_U64.unpack(bytes(key))[0]))
 
     def _put(self, txn: Any, m: MemberInfo) -> None:
-        txn.put(_U64.pack(m.id), m.to_json(), db=self._backend.db(b"members"))
+        txn.put(_U64.pack(m.id), m.to_json(), db=self._backend.db(schema.MEMBERS))
         self.members[m.id] = m
 
     def add(self, txn: Any, m: MemberInfo) -> None:
@@ -84,8 +84,8 @@ class Membership:
 
     def remove(self, txn: Any, member_id: int) -> None:
         self.members.pop(member_id, None)
-        txn.delete(_U64.pack(member_id), db=self._backend.db(b"members"))
-        txn.put(_U64.pack(member_id), b"", db=self._backend.db(b"members_removed"))
+        txn.delete(_U64.pack(member_id), db=self._backend.db(schema.MEMBERS))
+        txn.put(_U64.pack(member_id), b"", db=self._backend.db(schema.MEMBERS_REMOVED))
         self.removed.add(member_id)
 
     def promote(self, txn: Any, member_id: int) -> None:

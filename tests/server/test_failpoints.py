@@ -1,4 +1,4 @@
-"""Failpoints (etcd's gofail, conch/server/failpoints.py).
+"""Failpoints (etcd's gofail, conch/failpoints.py).
 
 Unit tests of the term grammar and of the HTTP control run in-process. Then every point in
 `failpoints.KNOWN` is armed with ``panic`` at run time (CONCH_FAILPOINTS_HTTP) on a live
@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
-from conch.server import failpoints
+from conch import failpoints
 from tests.cluster.harness import Cluster
 from tests.cluster.harness import agreed_leader as _leader
 from tests.cluster.harness import member_status as _status
@@ -166,14 +166,14 @@ def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_panic_exits_3_naming_the_point_and_env_typos_fail():
-    code = ("from conch.server import failpoints as f\n"
+    code = ("from conch import failpoints as f\n"
             "f.hit('afterCommit'); print('survived afterCommit')\n"
             "f.hit('beforeCommit'); print('survived beforeCommit')\n")
     cp = _python(code, {"CONCH_FAILPOINTS": "beforeCommit=panic"})
     assert cp.returncode == 3, cp.stderr
     assert "survived afterCommit" in cp.stdout and "survived beforeCommit" not in cp.stdout
     assert cp.stderr.strip().splitlines()[-1] == "failpoint beforeCommit: panic"
-    cp = _python("import conch.server.failpoints", {"CONCH_FAILPOINTS": "beforeComit=panic"})
+    cp = _python("import conch.failpoints", {"CONCH_FAILPOINTS": "beforeComit=panic"})
     assert cp.returncode != 0 and "beforeComit" in cp.stderr
 
 
