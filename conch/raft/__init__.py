@@ -17,12 +17,14 @@ Whenever ``has_ready()`` is true, call ``ready()`` and handle the Ready *in this
    stored entry at index >= i), then ``rd.hard_state`` (term, vote and commit written as one
    atomic record: a crash must never keep a new term without its vote or vice versa). If
    ``rd.must_sync`` is set the writes must be durable (fsync) before step 2.
-2. **Send** ``rd.messages``. Never before step 1 completed: a vote or an append acknowledgement
-   promises that the state it describes survives a crash. (This is also what makes the leader's
-   immediate self-acknowledgement of its own new entries safe: nobody can observe a commit index
-   that counts the leader before the leader's entries are durable.) Messages may be lost,
-   duplicated or reordered by the transport; raft tolerates all three. If a peer is known to be
-   unreachable, call ``report_unreachable``; after shipping a MsgSnap, call ``report_snapshot``.
+2. **Send** ``rd.messages``. A follower (or candidate) must not send before step 1 completed:
+   a vote or an append acknowledgement promises that the state it describes survives a crash.
+   A leader may send its messages before or while it persists (thesis §10.2.1): its own copy of
+   new entries counts toward a commit only once ``advance()`` reports them durable, so every
+   commit index raft computes is durable on a quorum, with or without the leader. Messages may
+   be lost, duplicated or reordered by the transport; raft tolerates all three. If a peer is
+   known to be unreachable, call ``report_unreachable``; after shipping a MsgSnap, call
+   ``report_snapshot``.
 3. **Apply** the snapshot (if any) to the state machine, then ``rd.committed_entries`` in order.
    For an entry of type EntryConfChange / EntryConfChangeV2, decode it
    (``conf_change_from_entry``) and call ``apply_conf_change``: membership changes take effect

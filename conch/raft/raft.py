@@ -312,16 +312,23 @@ class Raft:
                 e.index = li + k
         else:
             es = [Entry(term, li + k, e.type, e.data) for k, e in enumerate(es, 1)]
-        li = log.append(es)
-        # Our own acknowledgement is counted immediately. This is safe because the Ready
-        # contract forbids sending any message (or applying any entry) before this Ready's
-        # entries are durable, so nobody can observe a commit that counts us prematurely.
-        pr = self.trk.progress.get(self.id)
-        if pr is not None:
-            pr.maybe_update(li)
-        if self.maybe_commit():
-            self._release_pending_read_index_messages()
+        log.append(es)
+        # Our own acknowledgement counts only once these entries are durable: RawNode.advance
+        # (after the application persisted the Ready that carried them) calls
+        # leader_persisted. So the leader may send them to followers before or while it writes
+        # them, and a commit always means "durable on a quorum", the leader counted or not.
         return True
+
+    def leader_persisted(self, index: int, term: int) -> None:
+        """Entries up to ``index`` (of ``term``) are durable here: the leader's own
+        acknowledgement (etcd-io/raft's self-addressed MsgAppResp on advance)."""
+        if self.state != StateType.Leader or term != self.term:
+            return
+        pr = self.trk.progress.get(self.id)
+        if pr is None or not pr.maybe_update(index):
+            return
+        if self.maybe_commit():
+            self._on_commit()
 
     def increase_uncommitted_size(self, size: int) -> bool:
         if (self.uncommitted_size > 0 and size > 0

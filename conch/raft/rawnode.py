@@ -223,6 +223,7 @@ class RawNode:
             r.raft_log.applied_to(max(snap_index, r.raft_log.applied))
         if last_index:
             r.raft_log.stable_to(last_index, last_term)
+            r.leader_persisted(last_index, last_term)
         if applied:
             r.applied_to(applied, size)
 

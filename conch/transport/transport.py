@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urlsplit
 
 from conch.proto.raftpb import raft_pb2 as pb
@@ -126,8 +126,8 @@ class _Outbound(asyncio.Protocol):
         self.on_resume: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
+        # uvloop's transports are not subclasses of asyncio's classes (duck-typed instead)
+        self.transport = cast(asyncio.WriteTransport, transport)
         _tune_socket(transport)
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         transport.write(self.handshake)
@@ -205,8 +205,7 @@ class _Inbound(asyncio.Protocol):
     # asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop: duck-typed, see above
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peername = f"{peer[0]}:{peer[1]}"

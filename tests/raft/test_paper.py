@@ -240,9 +240,15 @@ def test_leader_starts_replication() -> None:
     ]
 
 
+def persist(r: Raft) -> None:
+    """The leader's application made its log durable (what RawNode.advance reports)."""
+    r.leader_persisted(r.raft_log.last_index(), r.term)
+
+
 def commit_noop(r: Raft) -> None:
     """Acknowledge everything the leader has, so the next proposal starts from a clean state."""
     take(r)
+    persist(r)
     for node in r.trk.progress:
         if node != r.id:
             r.step(Message(M.MsgAppResp, frm=node, to=r.id, term=r.term,
@@ -258,6 +264,7 @@ def test_leader_commits_after_majority() -> None:
     commit_noop(r)
     li = r.raft_log.last_index()
     r.step(Message(M.MsgProp, frm=1, entries=[Entry(data=b"x")]))
+    persist(r)
     take(r)
     assert r.raft_log.committed == li
     r.step(Message(M.MsgAppResp, frm=2, to=1, term=1, index=li + 1))
@@ -278,9 +285,32 @@ def test_leader_acknowledges_commit(size: int, acks: list[int], committed: bool)
     commit_noop(r)
     li = r.raft_log.last_index()
     r.step(Message(M.MsgProp, frm=1, entries=[Entry(data=b"x")]))
+    persist(r)
     for node in acks:
         r.step(Message(M.MsgAppResp, frm=node, to=1, term=1, index=li + 1))
     assert (r.raft_log.committed == li + 1) == committed
+
+
+@pytest.mark.parametrize(
+    "size,acks,committed",
+    [(1, [], False), (3, [2], False), (3, [2, 3], True), (5, [2, 3], False),
+     (5, [2, 3, 4], True)],
+)
+def test_commit_counts_the_leader_only_once_it_persisted(
+    size: int, acks: list[int], committed: bool
+) -> None:
+    """Thesis §10.2.1: the leader sends its entries before (or while) it writes them, so its
+    own copy counts toward the quorum only once durable; a quorum of followers alone commits."""
+    r = new_raft(peers=tuple(range(1, size + 1)))
+    become(r, StateType.Leader)
+    commit_noop(r)
+    li = r.raft_log.last_index()
+    r.step(Message(M.MsgProp, frm=1, entries=[Entry(data=b"x")]))
+    for node in acks:
+        r.step(Message(M.MsgAppResp, frm=node, to=1, term=1, index=li + 1))
+    assert (r.raft_log.committed == li + 1) == committed
+    persist(r)  # with the leader's own copy, every case above has a quorum
+    assert r.raft_log.committed == li + 1
 
 
 def test_leader_commits_preceding_entries() -> None:
@@ -291,6 +321,7 @@ def test_leader_commits_preceding_entries() -> None:
     r.become_leader()  # term 3, empty entry at 3
     take(r)
     r.step(Message(M.MsgProp, frm=1, entries=[Entry(data=b"x")]))
+    persist(r)
     r.step(Message(M.MsgAppResp, frm=2, to=1, term=3, index=4))
     assert r.raft_log.committed == 4
     assert [e.index for e in r.raft_log.next_committed_ents()] == [1, 2, 3, 4]
@@ -429,6 +460,7 @@ def test_leader_only_commits_current_term_entries_by_counting() -> None:
     r.become_candidate()
     r.become_leader()  # term 3; empty entry at 3
     take(r)
+    persist(r)
     # A majority now holds entry 2 (the old-term entry) but not yet entry 3.
     r.step(Message(M.MsgAppResp, frm=2, to=1, term=3, index=2))
     assert r.raft_log.committed == 0, "an old-term entry must not be committed by counting"
