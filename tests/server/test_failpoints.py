@@ -22,8 +22,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conch.proto.etcdserverpb import rpc_pb2
 from conch import failpoints
+from conch.proto.etcdserverpb import rpc_pb2
 from tests.cluster.harness import Cluster
 from tests.cluster.harness import agreed_leader as _leader
 from tests.cluster.harness import member_status as _status
