@@ -71,7 +71,7 @@ def test_retry_rules() -> None:
         "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
         "Connection refused",
     )
-    no_leader = errs.from_status(E.ErrNoLeader.code, E.ErrNoLeader.message)
+    no_leader = errs.from_status(grpc.StatusCode.UNAVAILABLE, E.ErrNoLeader.message)
     assert P.should_retry(unavailable, idempotent=True)
     assert not P.should_retry(unavailable, idempotent=False)  # maybe applied
     assert P.should_retry(refused, idempotent=False)  # never sent
