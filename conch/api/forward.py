@@ -1,83 +1,163 @@
-"""Calls a follower passes on to the leader: lease keepalives and TTLs (only the leader's
-lessor keeps time) and learner promotion (only the leader knows how far a learner is).
+"""`GrpcLeaderClient`: the façade's `LeaderClient` over the leader's gRPC client URL.
 
-etcd forwards these over its peer HTTP API; conch calls the leader's own gRPC client URL
+A follower passes on what only the leader can answer: lease keepalives and TTLs (only the
+leader's lessor keeps time) and learner promotion (only the leader knows how far a learner
+is). etcd forwards these over its peer HTTP API; conch calls the leader's own client URL
 (published through the log as the member's attributes), marking the call as forwarded so a
-member that is no longer leader answers "not leader" instead of forwarding again."""
+member that is no longer leader answers "not leader" instead of forwarding again.
+
+Keepalives from every client stream share **one** keepalive stream to the leader: the leader
+answers a stream's requests in order, so responses are matched to requests first-in
+first-out. One stream instead of one per client stream keeps a follower's cost per renewal
+at one message.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import collections
+import contextlib
+from typing import Any
 
 import grpc
 
-from conch.errors import ErrNoLeader, ErrNotLeader, err
-from conch.proto.etcdserverpb import rpc_pb2_grpc
-
-if TYPE_CHECKING:
-    from conch.server.member import Member
+from conch.api.errors import from_rpc_error
+from conch.errors import ErrNoLeader, err
+from conch.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 FORWARDED = ("conch-forwarded", "1")
-_PUBLISH_WAIT_STEPS = 40
-_PUBLISH_WAIT_STEP_S = 0.05
+_CALL_TIMEOUT_S = 5.0
+_PROMOTE_TIMEOUT_S = 10.0
 
 
-def is_forwarded(context: grpc.aio.ServicerContext) -> bool:
+def is_forwarded(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
     md = context.invocation_metadata() or ()
     return any(k == FORWARDED[0] for k, _ in md)
 
 
-class LeaderChannel:
-    """One gRPC channel to the current leader's client URL, replaced when the leader changes."""
+def _target(url: str) -> str:
+    return url.split("://", 1)[-1]
 
-    def __init__(self, member: Member) -> None:
-        self._m = member
-        self._lead = 0
-        self._channel: grpc.aio.Channel | None = None
 
-    async def _target(self) -> grpc.aio.Channel:
-        m = self._m
-        lead = m.lead
-        if not lead:
+class _KeepAliveStream:
+    """One LeaseKeepAlive stream to the leader, shared by every forwarded renewal."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call: Any = rpc_pb2_grpc.LeaseStub(channel).LeaseKeepAlive(metadata=(FORWARDED,))
+        self._waiting: collections.deque[asyncio.Future[int]] = collections.deque()
+        self._write_lock = asyncio.Lock()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.broken = False
+
+    async def renew(self, lease_id: int) -> int:
+        if self.broken:
             raise err(ErrNoLeader)
-        if lead == m.member_id:
-            raise err(ErrNotLeader)  # callers handle the leader case locally
-        if lead != self._lead or self._channel is None:
-            info = m.membership.members.get(lead)
-            # Right after start the leader may not have published its client URLs yet.
-            for _ in range(_PUBLISH_WAIT_STEPS):
-                if info is not None and info.client_urls:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        async with self._write_lock:
+            # Queued and written under one lock: the order of the queue is the order on
+            # the wire, which is the order of the answers.
+            self._waiting.append(fut)
+            try:
+                await self._call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+            except (grpc.RpcError, asyncio.InvalidStateError):
+                self._break()
+        return await fut
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                resp = await self._call.read()
+                if resp is grpc.aio.EOF:
                     break
-                await asyncio.sleep(_PUBLISH_WAIT_STEP_S)
-                info = m.membership.members.get(lead)
-            if info is None or not info.client_urls:
-                raise err(ErrNoLeader)
-            if self._channel is not None:
-                old = self._channel
-                self._channel = None
-                _close_later(old)
-            url = info.client_urls[0]
-            self._channel = grpc.aio.insecure_channel(url.split("://", 1)[-1])
-            self._lead = lead
+                if self._waiting:
+                    fut = self._waiting.popleft()
+                    if not fut.done():
+                        fut.set_result(int(resp.TTL))
+        except (grpc.RpcError, asyncio.CancelledError):
+            pass
+        finally:
+            self._break()
+
+    def _break(self) -> None:
+        self.broken = True
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_exception(err(ErrNoLeader))
+
+    def close(self) -> None:
+        self._break()
+        self._call.cancel()
+        self._reader.cancel()
+
+
+class GrpcLeaderClient:
+    """One channel (and one shared keepalive stream) to the current leader's client URL,
+    replaced when the leader's URL changes."""
+
+    def __init__(self) -> None:
+        self._url = ""
+        self._channel: grpc.aio.Channel | None = None
+        self._keepalive: _KeepAliveStream | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _channel_for(self, url: str) -> grpc.aio.Channel:
+        if url != self._url or self._channel is None:
+            self._drop()
+            self._channel = grpc.aio.insecure_channel(_target(url))
+            self._url = url
         return self._channel
 
-    async def lease(self) -> rpc_pb2_grpc.LeaseStub:
-        return rpc_pb2_grpc.LeaseStub(await self._target())
+    def _drop(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.close()
+            self._keepalive = None
+        if self._channel is not None:
+            task = asyncio.get_running_loop().create_task(self._channel.close())
+            self._closing.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._closing.discard)
+            self._channel = None
 
-    async def cluster(self) -> rpc_pb2_grpc.ClusterStub:
-        return rpc_pb2_grpc.ClusterStub(await self._target())
+    async def lease_renew(self, client_url: str, lease_id: int) -> int:
+        channel = self._channel_for(client_url)
+        if self._keepalive is None or self._keepalive.broken:
+            if self._keepalive is not None:
+                self._keepalive.close()
+            self._keepalive = _KeepAliveStream(channel)
+        return await self._keepalive.renew(lease_id)
+
+    async def lease_time_to_live(
+        self, client_url: str, req: rpc_pb2.LeaseTimeToLiveRequest
+    ) -> rpc_pb2.LeaseTimeToLiveResponse:
+        stub = rpc_pb2_grpc.LeaseStub(self._channel_for(client_url))
+        try:
+            resp: rpc_pb2.LeaseTimeToLiveResponse = await stub.LeaseTimeToLive(
+                req, metadata=(FORWARDED,), timeout=_CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return resp
+
+    async def member_promote(
+        self, client_url: str, req: rpc_pb2.MemberPromoteRequest
+    ) -> rpc_pb2.MemberPromoteResponse:
+        stub = rpc_pb2_grpc.ClusterStub(self._channel_for(client_url))
+        try:
+            resp: rpc_pb2.MemberPromoteResponse = await stub.MemberPromote(
+                req, metadata=(FORWARDED,), timeout=_PROMOTE_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return resp
 
     async def close(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.close()
+            self._keepalive = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+        for task in list(self._closing):
+            with contextlib.suppress(Exception):
+                await task
 
-
-_closing: set[asyncio.Task[None]] = set()
-
-
-def _close_later(channel: grpc.aio.Channel) -> None:
-    task = asyncio.get_running_loop().create_task(channel.close())
-    _closing.add(task)  # keep a reference until it is done
-    task.add_done_callback(_closing.discard)

@@ -227,6 +227,30 @@ class RawNode:
         if applied:
             r.applied_to(applied, size)
 
+    # --- cheap views (no Status copy) ---
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def lead(self) -> int:
+        return self.raft.lead
+
+    @property
+    def committed(self) -> int:
+        return self.raft.raft_log.committed
+
+    @property
+    def election_tick(self) -> int:
+        return self.raft.election_timeout
+
+    def pending_snapshot_index(self) -> int:
+        """Index of a snapshot raft accepted but the application has not persisted yet
+        (0 if none): tells whether a stepped MsgSnap was taken or ignored."""
+        snap = self.raft.raft_log.unstable.snapshot
+        return 0 if snap is None else snap.metadata.index
+
     def status(self) -> Status:
         r = self.raft
         prs = {}

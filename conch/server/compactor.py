@@ -10,13 +10,12 @@ Compactions are proposed like a client's Compact, so every member applies the sa
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from conch.server.config import ConfigError, periodic_retention_s
+from conch.server.ports import Clock, SystemClock
 
 log = logging.getLogger("conch.compactor")
 
@@ -33,7 +32,9 @@ class Compactor:
         revisions: Callable[[], tuple[int, int]],  # (current, compacted)
         compact: Callable[[int], Awaitable[None]],
         revision_interval_s: float = REVISION_MODE_INTERVAL_S,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._mode = mode
         self._is_leader = is_leader
         self._revisions = revisions
@@ -66,9 +67,9 @@ class Compactor:
         interval = min(retention, 3600.0)
         step = max(interval / 10.0, 0.05)
         samples: collections.deque[tuple[float, int]] = collections.deque()
-        next_compact = time.monotonic() + interval
+        next_compact = self._clock.monotonic() + interval
         while True:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             current, compacted = self._revisions()
             samples.append((now, current))
             while len(samples) > 1 and samples[1][0] <= now - retention:
@@ -78,11 +79,11 @@ class Compactor:
                 t, rev = samples[0]
                 if t <= now - retention and rev > max(compacted, 1) and self._is_leader():
                     await self._propose(rev)
-            await asyncio.sleep(step)
+            await self._clock.sleep(step)
 
     async def _run_revision(self) -> None:
         while True:
-            await asyncio.sleep(self._revision_interval_s)
+            await self._clock.sleep(self._revision_interval_s)
             current, compacted = self._revisions()
             rev = current - self._keep
             if rev > max(compacted, 1) and self._is_leader():

@@ -127,10 +127,10 @@ class _Outbound(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio's classes (duck-typed instead)
-        self.transport = cast(asyncio.WriteTransport, transport)
+        wt = self.transport = cast(asyncio.WriteTransport, transport)
         _tune_socket(transport)
-        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        transport.write(self.handshake)
+        wt.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        wt.write(self.handshake)
 
     def data_received(self, data: bytes) -> None:
         if self.reply.done():

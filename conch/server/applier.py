@@ -9,8 +9,7 @@ replay after a crash idempotent: entries at or below it are skipped.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +26,14 @@ from conch.errors import (
 from conch.lease import Lessor
 from conch.mvcc import KVStore
 from conch.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
+from conch.proto.membershippb import membership_pb2
 from conch.proto.mvccpb import kv_pb2
 from conch.raft.types import ConfChange, ConfChangeType
 from conch.server.membership import MemberInfo, Membership
 
 InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
+# (response, watch events, revision of the events)
+_Result = tuple[Any, list[kv_pb2.Event], int]
 
 
 
@@ -47,13 +49,29 @@ class Applied:
     size_in_use: int = 0  # backend bytes in use after the batch (for the quota check)
 
 
+#: request kinds with a handler; anything else (auth, cluster version, downgrade, v2) is a
+#: no-op with an empty response, so a log written by a newer member still replays
+_NOOP_KINDS = frozenset({"header", "ID"})
+
+
 class Applier:
+    """Applies InternalRaftRequests by kind (`_HANDLERS`), inside the caller's transaction.
+
+    `now` is the lessor's clock: lease expiry is in-memory timing, never persisted, so it may
+    differ between members without breaking determinism of the store."""
+
     def __init__(
-        self, backend: Backend, store: KVStore, lessor: Lessor, membership: Membership
+        self,
+        backend: Backend,
+        store: KVStore,
+        lessor: Lessor,
+        membership: Membership,
+        now: Callable[[], float],
     ) -> None:
-        self._backend = backend
+        self.backend = backend
         self._store = store
         self._lessor = lessor
+        self._now = now
         self.membership = membership
         self.alarms: set[tuple[int, int]] = set()  # (member id, alarm type)
         self._load_alarms()
@@ -65,26 +83,27 @@ class Applier:
         self._load_alarms()
 
     def _load_alarms(self) -> None:
-        with self._backend.read() as txn:
-            cur = txn.cursor(db=self._backend.db(schema.ALARM))
+        with self.backend.read() as txn:
+            cur = txn.cursor(db=self.backend.db(schema.ALARM))
             for key, _ in cur:
                 am = rpc_pb2.AlarmMember.FromString(bytes(key))
                 self.alarms.add((am.memberID, am.alarm))
 
     def consistent_index(self) -> int:
-        return self._backend.consistent_index()
+        return self.backend.consistent_index()
 
     def apply_batch(self, entries: Sequence[tuple[int, InternalRaftRequest | bytes]]) -> Applied:
         """Apply (index, request) pairs in order in one write transaction.
 
         Entries at or below the stored consistent index are skipped (already applied)."""
         applied = Applied(last_index=0)
-        with self._backend.write() as txn:
-            ci = self._backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
+        with self.backend.write() as txn:
+            ci = self.backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
             last = ci
             for index, item in entries:
                 if index <= ci:
                     continue
+                assert index > last, f"entry {index} applied after {last}"
                 last = index
                 if isinstance(item, bytes):
                     if not item:  # empty entry (e.g. a new leader's no-op)
@@ -102,59 +121,68 @@ class Applier:
                     applied.events.append((rev, events))
                 applied.results.append((rid, resp))
             if last > ci:
-                self._backend.put_meta_u64(txn, META_CONSISTENT_INDEX, last)
+                self.backend.put_meta_u64(txn, META_CONSISTENT_INDEX, last)
             if applied.compacted:
                 failpoints.hit("compactBeforeCommitBatch")
         if applied.compacted:
             failpoints.hit("compactAfterCommitScheduledCompact")
             failpoints.hit("compactAfterCommitBatch")
         applied.last_index = last
-        applied.size_in_use = self._backend.size_in_use()
+        applied.size_in_use = self.backend.size_in_use()
         return applied
 
-    def _apply_one(
-        self, txn: Any, req: InternalRaftRequest, applied: Applied
-    ) -> tuple[Any, list[kv_pb2.Event], int]:
-        store = self._store
-        resp: Any
-        if req.HasField("put"):
-            resp, events = store.put(txn, req.put)
-            return resp, events, resp.header.revision
-        if req.HasField("delete_range"):
-            resp, events = store.delete_range(txn, req.delete_range)
-            return resp, events, resp.header.revision
-        if req.HasField("txn"):
-            resp, events = store.txn(txn, req.txn)
-            return resp, events, store.current_revision(txn)
-        if req.HasField("compaction"):
-            store.compact(txn, req.compaction.revision)
-            applied.compacted = True
-            resp = rpc_pb2.CompactionResponse()
-            resp.header.revision = store.current_revision(txn)
-            return resp, [], 0
-        if req.HasField("lease_grant"):
-            g = req.lease_grant
-            lease_id, ttl = self._lessor.grant(txn, g.ID, g.TTL, time.monotonic())
-            resp = rpc_pb2.LeaseGrantResponse(ID=lease_id, TTL=ttl)
-            resp.header.revision = store.current_revision(txn)
-            return resp, [], 0
-        if req.HasField("lease_revoke"):
-            events = self._lessor.revoke(txn, req.lease_revoke.ID)
-            rev = store.current_revision(txn)
-            resp = rpc_pb2.LeaseRevokeResponse()
-            resp.header.revision = rev
-            return resp, events, rev
-        if req.HasField("alarm"):
-            return self._apply_alarm(txn, req.alarm, applied), [], 0
-        if req.HasField("cluster_member_attr_set"):
-            a = req.cluster_member_attr_set
-            self.membership.set_attributes(
-                txn, a.member_ID, a.member_attributes.name, list(a.member_attributes.client_urls)
-            )
-            return raft_internal_pb2.EmptyResponse(), [], 0
-        # Requests conch does not produce yet (auth, membership attributes) are no-ops with
-        # an empty response, so a log written by a newer member still replays.
+    def _apply_one(self, txn: Any, req: InternalRaftRequest, applied: Applied) -> _Result:
+        for field_desc, value in req.ListFields():
+            handler = _HANDLERS.get(field_desc.name)
+            if handler is not None:
+                return handler(self, txn, value, applied)
+            if field_desc.name not in _NOOP_KINDS:
+                break
         return raft_internal_pb2.EmptyResponse(), [], 0
+
+    # --- one handler per request kind -------------------------------------------------------
+    def _put(self, txn: Any, r: rpc_pb2.PutRequest, applied: Applied) -> _Result:
+        resp, events = self._store.put(txn, r)
+        return resp, events, resp.header.revision
+
+    def _delete_range(self, txn: Any, r: rpc_pb2.DeleteRangeRequest, applied: Applied) -> _Result:
+        resp, events = self._store.delete_range(txn, r)
+        return resp, events, resp.header.revision
+
+    def _txn(self, txn: Any, r: rpc_pb2.TxnRequest, applied: Applied) -> _Result:
+        resp, events = self._store.txn(txn, r)
+        return resp, events, self._store.current_revision(txn)
+
+    def _compaction(self, txn: Any, r: rpc_pb2.CompactionRequest, applied: Applied) -> _Result:
+        self._store.compact(txn, r.revision)
+        applied.compacted = True
+        resp = rpc_pb2.CompactionResponse()
+        resp.header.revision = self._store.current_revision(txn)
+        return resp, [], 0
+
+    def _lease_grant(self, txn: Any, g: rpc_pb2.LeaseGrantRequest, applied: Applied) -> _Result:
+        lease_id, ttl = self._lessor.grant(txn, g.ID, g.TTL, self._now())
+        resp = rpc_pb2.LeaseGrantResponse(ID=lease_id, TTL=ttl)
+        resp.header.revision = self._store.current_revision(txn)
+        return resp, [], 0
+
+    def _lease_revoke(self, txn: Any, r: rpc_pb2.LeaseRevokeRequest, applied: Applied) -> _Result:
+        events = self._lessor.revoke(txn, r.ID)
+        rev = self._store.current_revision(txn)
+        resp = rpc_pb2.LeaseRevokeResponse()
+        resp.header.revision = rev
+        return resp, events, rev
+
+    def _member_attr_set(
+        self, txn: Any, a: membership_pb2.ClusterMemberAttrSetRequest, applied: Applied
+    ) -> _Result:
+        self.membership.set_attributes(
+            txn, a.member_ID, a.member_attributes.name, list(a.member_attributes.client_urls)
+        )
+        return raft_internal_pb2.EmptyResponse(), [], 0
+
+    def _alarm(self, txn: Any, req: rpc_pb2.AlarmRequest, applied: Applied) -> _Result:
+        return self._apply_alarm(txn, req, applied), [], 0
 
     def apply_conf_change(self, index: int, cc: ConfChange) -> EtcdError | None:
         """Record a membership change (etcd's member JSON in the ConfChange context) in the
@@ -166,9 +194,9 @@ class Applier:
         rejects it again without re-validating against a newer membership) and returned;
         the caller then applies a no-op change to raft."""
         rejected_key = schema.META_REJECTED_CONF_CHANGE_PREFIX + b"%016x" % index
-        meta = self._backend.db(schema.META)
-        with self._backend.write() as txn:
-            ci = self._backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
+        meta = self.backend.db(schema.META)
+        with self.backend.write() as txn:
+            ci = self.backend.get_meta_u64(txn, META_CONSISTENT_INDEX)
             if index <= ci:  # replay: the outcome was decided when it first applied
                 raw = txn.get(rejected_key, db=meta)
                 return None if raw is None else EtcdError(Code.FAILED_PRECONDITION,
@@ -178,7 +206,7 @@ class Applier:
                 txn.put(rejected_key, problem.message.encode(), db=meta)
             else:
                 self._record_conf_change(txn, cc)
-            self._backend.put_meta_u64(txn, META_CONSISTENT_INDEX, index)
+            self.backend.put_meta_u64(txn, META_CONSISTENT_INDEX, index)
         return problem
 
     def _invalid_conf_change(self, cc: ConfChange) -> EtcdError | None:
@@ -229,7 +257,7 @@ class Applier:
             self.membership.update_peer_urls(txn, m.id, m.peer_urls)
 
     def _apply_alarm(self, txn: Any, req: rpc_pb2.AlarmRequest, applied: Applied) -> Any:
-        db = self._backend.db(schema.ALARM)
+        db = self.backend.db(schema.ALARM)
         resp = rpc_pb2.AlarmResponse()
         A = rpc_pb2.AlarmRequest
         if req.action == A.ACTIVATE and req.alarm != rpc_pb2.NONE:
@@ -251,3 +279,15 @@ class Applier:
                 resp.alarms.append(rpc_pb2.AlarmMember(memberID=mid, alarm=alarm))  # type: ignore[arg-type]
         resp.header.revision = self._store.current_revision(txn)
         return resp
+
+
+_HANDLERS: dict[str, Callable[[Applier, Any, Any, Applied], _Result]] = {
+    "put": Applier._put,
+    "delete_range": Applier._delete_range,
+    "txn": Applier._txn,
+    "compaction": Applier._compaction,
+    "lease_grant": Applier._lease_grant,
+    "lease_revoke": Applier._lease_revoke,
+    "alarm": Applier._alarm,
+    "cluster_member_attr_set": Applier._member_attr_set,
+}
