@@ -47,7 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 #: Every failpoint conch has: name (etcd's where etcd has one) -> where it sits.
 KNOWN: dict[str, str] = {
-    # --- raft loop (conch/server/member.py, _handle_ready) -------------------------------
+    # --- the Ready loop (conch/server/raftnode.py, RaftNode._handle_ready) ---------------
     "raftBeforeSave": (
         "WAL disk thread, before a Ready's hard state and entries are written (and fsynced)"
     ),
@@ -55,8 +55,8 @@ KNOWN: dict[str, str] = {
         "WAL disk thread, after a Ready's hard state and entries are written (and fsynced)"
     ),
     "raftBeforeLeaderSend": (
-        "raft loop, before a leader sends a Ready's messages (conch sends after the WAL save, "
-        "etcd's leader before it); needs a peer to send to"
+        "raft loop, before a leader sends a Ready's messages (before the WAL save when the "
+        "Ready has new entries, as etcd's leader; after the apply otherwise); needs a peer"
     ),
     "raftBeforeFollowerSend": (
         "raft loop, before a follower or candidate sends a Ready's messages (after the WAL save)"
@@ -86,7 +86,7 @@ KNOWN: dict[str, str] = {
         "segments and .snap files (conch releases the WAL only after its own snapshots, not "
         "on a snapshot from the leader)"
     ),
-    # --- backend (conch/backend/__init__.py, Backend.write) ------------------------------
+    # --- backend (conch/backend/backend.py, Backend.write) ------------------------------
     "beforeCommit": "backend, before an LMDB write transaction commits (every apply batch)",
     "afterCommit": "backend, after an LMDB write transaction committed (every apply batch)",
     # --- compaction: one LMDB transaction, the apply batch holding the Compact request ---

@@ -96,7 +96,7 @@ def _check_key(key: bytes) -> None:
 
 
 class KVStore:
-    """etcd's MVCC store. See docs/design/internals.md "Seams / MVCC"."""
+    """etcd's MVCC store. See docs/design/store.md."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend

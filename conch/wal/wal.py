@@ -413,7 +413,9 @@ class WAL:
         self._crc = crc
         self._metadata = metadata if metadata is not None else b""
         self._state = state
-        self._enti = enti
+        # The log goes on after the snapshot it was opened at even when no entry follows it
+        # (as after save_snapshot).
+        self._enti = max(enti, start_index)
         self._reading = False
         self._start = WalSnapshot()
         return self._metadata, state, ents
@@ -436,6 +438,20 @@ class WAL:
         save_state = hard_state is not None and not _is_empty_state(hard_state)
         if not entries and not save_state:
             return
+        if entries:
+            # Raft may overwrite a suffix (a new leader's log wins) but never leave a gap.
+            first = entries[0].Index
+            assert first <= self._enti + 1, f"WAL gap: entry {first} after {self._enti}"
+            assert entries[-1].Index == first + len(entries) - 1, "WAL entries not contiguous"
+        if save_state:
+            assert hard_state is not None
+            # A term never goes back, nor does a commit index within a term's log.
+            assert hard_state.term >= self._state.term, (
+                f"WAL term back from {self._state.term} to {hard_state.term}"
+            )
+            assert hard_state.commit >= self._state.commit, (
+                f"WAL commit index back from {self._state.commit} to {hard_state.commit}"
+            )
         parts: list[bytes] = []
         crc = self._crc
         n = 0
