@@ -112,8 +112,10 @@ class Cluster:
                 "--experimental-snapshot-catchup-entries", str(self.catchup_entries),
                 "--max-wals", "2", "--max-snapshots", "2",
             ], environ={})
+            # fsync latency: a fast disk, or a slow one (often slower than a network round trip)
+            lat = self.disk_latency if self.rng.random() < 0.5 else (0.002, 0.03)
             disk = SimDisk(random.Random(f"disk-{self.seed}-{i}"), os.path.join(d, "shadow"),
-                           self.disk_latency)
+                           lat)
             node = Node(i, cfg, disk, cfg.member_id(), client)
             self.nodes.append(node)
             self.net.endpoints[node.member_id] = Endpoint(

@@ -98,7 +98,9 @@ class Network:
             return
         data = encode_message(m)
         copies = 1
-        if rng.random() < p.duplicate:
+        # A proposal forwarded to the leader is not idempotent (etcd's applier does not
+        # dedupe request IDs); etcd's TCP streams never duplicate one, so neither do we.
+        if rng.random() < p.duplicate and m.type != MessageType.MsgProp:
             copies = 2
             self.stats.duplicated += 1
         loop = asyncio.get_running_loop()

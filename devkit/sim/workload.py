@@ -160,7 +160,11 @@ class Workload:
                     await asyncio.sleep(0.1)
                     continue
                 node = rng.choice(alive)
-            key = f"{PREFIX}{rng.randrange(4)}"
+            assert node.member is not None
+            if not node.member.raft.lead:  # as a client waiting for a ready channel
+                await asyncio.sleep(0.1)
+                continue
+            key = f"{PREFIX}{rng.randrange(8)}"
             r = rng.random()
             if r < 0.40:
                 value = f"c{c}-{n}"
