@@ -21,8 +21,8 @@ from typing import Any
 from conch.backend import META_CONSISTENT_INDEX
 from conch.proto.etcdserverpb import raft_internal_pb2
 from conch.raft import Ready
-from conch.raft.raft import Raft
 from conch.raft.codec import entry_to_pb, hard_state_to_pb
+from conch.raft.raft import Raft
 from conch.raft.types import StateType
 from conch.server.applier import Applied, Applier
 from conch.server.raftnode import RaftNode

@@ -17,7 +17,7 @@ import random
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conch.raft.codec import decode_message, encode_message
 from conch.raft.types import Message, MessageType
@@ -60,7 +60,7 @@ class Network:
     #: unordered pairs of member IDs that cannot talk
     cut: set[frozenset[int]] = field(default_factory=set)
     stats: NetStats = field(default_factory=NetStats)
-    digest: hashlib._Hash = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
+    digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=16))
 
     def blocked(self, a: int, b: int) -> bool:
         return frozenset((a, b)) in self.cut

@@ -159,7 +159,7 @@ async def _converge(c: Cluster) -> str | None:
                and m.apply_stage.applied_index >= commit
                and m.raft.lead == leader.member_id for m in members):
             return None
-    return "members did not converge within %.0f virtual seconds" % CONVERGE_S
+    return f"members did not converge within {CONVERGE_S:.0f} virtual seconds"
 
 
 async def scenario(seed: int, base_dir: str) -> SimResult:
@@ -187,8 +187,18 @@ async def scenario(seed: int, base_dir: str) -> SimResult:
             await asyncio.sleep(0.5)
         else:
             res.problems.append("final read failed")
-        await asyncio.sleep(0.3)  # the read's commit reaches everyone
-        states = {n.index: _state(n) for n in c.nodes if n.member is not None}
+        # Compare at one applied index (lease revokes keep being proposed as leases expire).
+        states: dict[int, Any] = {}
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            ms = [n.member for n in c.nodes]
+            if all(m is not None for m in ms) and len(
+                {(m.raft.committed_index, m.apply_stage.applied_index) for m in ms if m}
+            ) == 1:
+                states = {n.index: _state(n) for n in c.nodes}
+                break
+        else:
+            res.problems.append("members never reached one applied index")
         distinct = set(states.values())
         if len(distinct) > 1:
             detail = "; ".join(f"m{i}: rev {s[0]}, {len(s[1])} keys, leases {s[2]}"

@@ -84,6 +84,11 @@ def txn_resp(r: Any) -> Response:
     return Response(revision=rev, succeeded=r.succeeded, responses=tuple(subs))
 
 
+def _on(method: str, req: Any) -> Callable[[Any], Awaitable[Any]]:
+    """`server.<method>(req)`, for `Workload.call`."""
+    return lambda server: getattr(server, method)(req)
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -170,14 +175,13 @@ class Workload:
                 value = f"c{c}-{n}"
                 status, raw = await self.call(
                     node, c, Put(key, value),
-                    lambda s, k=key, v=value: s.put(rpc_pb2.PutRequest(key=_b(k), value=_b(v))),
+                    _on("put", rpc_pb2.PutRequest(key=_b(key), value=_b(value))),
                     lambda p: Response(revision=p.header.revision))
             elif r < 0.60:
                 ser = rng.random() < 0.2
                 status, raw = await self.call(
                     node, c, Range(key, serializable=ser),
-                    lambda s, k=key, ser=ser: s.range(
-                        rpc_pb2.RangeRequest(key=_b(k), serializable=ser)),
+                    _on("range", rpc_pb2.RangeRequest(key=_b(key), serializable=ser)),
                     lambda p: range_resp(p, p.header.revision))
                 if status == OK and raw.kvs:
                     last_mod[key] = raw.kvs[0].mod_revision
@@ -194,11 +198,11 @@ class Workload:
                 status, raw = await self.call(
                     node, c, Txn((Compare(key, "mod", "=", mod),), (Put(key, value),),
                                  (Range(key),)),
-                    lambda s, t=treq: s.txn(t), txn_resp)
+                    _on("txn", treq), txn_resp)
             elif r < 0.78:
                 status, raw = await self.call(
                     node, c, Delete(key),
-                    lambda s, k=key: s.delete_range(rpc_pb2.DeleteRangeRequest(key=_b(k))),
+                    _on("delete_range", rpc_pb2.DeleteRangeRequest(key=_b(key))),
                     lambda p: Response(revision=p.header.revision, deleted=p.deleted))
             else:
                 await self._lease_op(rng, node, c, n, leases)
