@@ -1,0 +1,1 @@
+"""conch's developer kit: test harness, robustness and simulation tooling; not part of the installed product."""
