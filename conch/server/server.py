@@ -55,6 +55,8 @@ InternalRaftRequest = raft_internal_pb2.InternalRaftRequest
 # through the log right after it starts) before it gives up forwarding with "no leader".
 _PUBLISH_WAIT_S = 2.0
 _PUBLISH_POLL_S = 0.05
+# A keepalive of an expired lease waits for its revoke to apply, checking this often.
+_REVOKE_POLL_S = 0.01
 
 
 def txn_is_read_only(req: rpc_pb2.TxnRequest) -> bool:
@@ -317,17 +319,28 @@ class EtcdServer:
         # The header is taken before the renewal, as in etcd, so its revision never runs
         # ahead of the point of renewal.
         header = self.header()
-        if self.is_leader:
+        deadline = self.clock.monotonic() + self.request_timeout_s
+        while True:
+            if not self.is_leader:
+                if forwarded:
+                    raise err(ErrNotLeader)
+                url = await self.leader_client_url()
+                ttl = await self.leader().lease_renew(url, lease_id)
+                break
             # A new leader first applies what it committed: it may not know a lease granted
             # under its predecessor yet (etcd#6978).
             if self.applied_index < self.committed_index:
                 await self.reads.wait_applied(self.committed_index)
             ttl = self.lessor.renew(lease_id, self.clock.monotonic())
-        else:
-            if forwarded:
-                raise err(ErrNotLeader)
-            url = await self.leader_client_url()
-            ttl = await self.leader().lease_renew(url, lease_id)
+            if ttl > 0 or not self.lessor.exists(lease_id):
+                break
+            # Expired, its revoke proposed but not applied yet. Like etcd's lessor.Renew,
+            # answer only once the revoke applied: if it is lost (this member stops leading
+            # first), the next leader may keep the lease alive, and a client told "gone"
+            # would have been told wrong. A leader change sends the renewal on (above).
+            if self.clock.monotonic() >= deadline:
+                raise err(ErrTimeout)
+            await self.clock.sleep(_REVOKE_POLL_S)
         return rpc_pb2.LeaseKeepAliveResponse(header=header, ID=lease_id, TTL=ttl)
 
     async def lease_time_to_live(

@@ -15,12 +15,11 @@ from devkit.sim.run import run_batch, run_seed
 
 DEFAULT_SEEDS = 1000
 BUG_SEEDS = 200
-#: seeds that fail without an injected bug, under investigation (not papered over):
-#: 502: linearizability violation (full model) - cause not yet known;
-#: 637: lease check - a key of lease 1001 read after a keepalive/TimeToLive reported the
-#:      lease gone (a leader whose clock jumped may report expiry before its revoke commits?)
-#: 709: lease check - a put with lease 1003 succeeded after the lease was reported gone.
-KNOWN_FAILING = {502, 637, 709}
+#: seeds that fail without an injected bug, under investigation (not papered over). Empty:
+#: seeds 502, 637 and 709 found that a keepalive of an expired lease answered TTL 0 before
+#: its revoke applied; when the revoke was then lost to a leader change, the next leader kept
+#: the lease alive (fixed in EtcdServer.lease_keep_alive, as etcd's lessor.Renew waits).
+KNOWN_FAILING: set[int] = set()
 
 
 def test_virtual_loop_runs_timers_without_waiting():
