@@ -4,15 +4,15 @@ One task runs the loop. Each turn it proposes everything queued since the last t
 batch (group commit), then handles one Ready in the order the raft contract sets:
 
 1. a snapshot from the leader is recorded (.snap file and WAL record) before anything after it;
-2. a **leader sends its messages first** when the Ready carries new entries, so followers
-   write them while it writes its own copy (raft thesis §10.2.1); raft counts the leader's
-   copy toward a commit only after `advance()`, once the write below is durable;
+2. a **leader sends its messages first**, so followers write new entries while it writes its
+   own copy (raft thesis §10.2.1) and learn a new commit index before the leader spends time
+   applying; raft counts the leader's copy toward a commit only after `advance()`, once the
+   write below is durable;
 3. entries and hard state go to the `LogStore` (one write and, when raft asks, one fsync for
    the whole Ready); a commit-index-only change is recorded lazily;
 4. a follower sends only now: its acknowledgements promise durable state;
-5. a received snapshot is installed, committed entries are applied, read states answered;
-   a leader whose Ready had no new entries sends after applying, so the client responses the
-   apply released go out before the commit broadcast;
+5. a received snapshot is installed, committed entries are applied (then the loop yields
+   once, so the proposers the apply released answer at once), read states answered;
 6. `advance()`.
 
 The loop owns nothing it does not drive: applying is the `ApplyStage`'s, snapshots are the
@@ -226,7 +226,7 @@ class RaftNode:
             self.storage.apply_snapshot(snap)
         leader = self.raft_state == StateType.Leader
         unsent = rd.messages
-        if unsent and leader and rd.entries and snap is None:
+        if unsent and leader and snap is None:
             await failpoints.hit_async("raftBeforeLeaderSend")
             self._send(unsent)
             unsent = []
@@ -250,6 +250,10 @@ class RaftNode:
             await self.snapshotter.install(snap)
         if rd.committed_entries:
             self.apply_stage.apply(rd.committed_entries)
+            # Let the proposers the apply released answer their clients now, before this
+            # loop sends, advances and handles the next Ready (measured: their wake-up
+            # waited ~0.2 ms for that on the leader).
+            await asyncio.sleep(0)
         if rd.read_states:
             self.reads.on_read_states(rd.read_states)
         if unsent:
