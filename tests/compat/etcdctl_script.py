@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import harness
+from devkit import harness
 
 STEP_TIMEOUT = 20.0  # every etcdctl invocation is bounded by this
 UNKNOWN_LEASE = "1234"  # hex lease id used on purpose in error cases; never mapped

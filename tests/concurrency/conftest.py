@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import harness  # noqa: E402
-
-from conch.client import Client  # noqa: E402
+from conch.client import Client
+from devkit import harness
 
 MakeClient = Callable[[], Client]
 

@@ -1,4 +1,4 @@
-"""conch.robustness.cluster with real processes: conch and the reference etcd, side by side.
+"""devkit.robustness.cluster with real processes: conch and the reference etcd, side by side.
 
 Each test starts a 3-member cluster whose peer links pass FaultProxy, injects one kind of
 fault and checks that the cluster behaves as a raft cluster must. Every wait polls with a
@@ -20,9 +20,9 @@ import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
-from conch.robustness.cluster import Cluster, ClusterSpec, etcd_binary
+from devkit.harness import require_etcd
+from devkit.robustness.cluster import Cluster, ClusterSpec, etcd_binary
 from tests.grpc_stubs import connect
-from tests.harness import require_etcd
 
 T = TypeVar("T")
 

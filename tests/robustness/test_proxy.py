@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import pytest
 
-from conch.robustness.proxy import FaultProxy, FaultRules, identify, link_key
+from devkit.robustness.proxy import FaultProxy, FaultRules, identify, link_key
 
 T = TypeVar("T")
 

@@ -1,0 +1,2 @@
+"""conch's developer kit: test harness, robustness/linearizability tooling; not part of the
+installed product."""
