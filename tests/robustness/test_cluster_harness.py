@@ -20,8 +20,8 @@ import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
-from devkit.harness import require_etcd
-from devkit.robustness.cluster import Cluster, ClusterSpec, etcd_binary
+from devkit.harness import etcd_binary, require_etcd
+from devkit.robustness.cluster import Cluster, ClusterSpec
 from tests.grpc_stubs import connect
 
 T = TypeVar("T")
@@ -31,9 +31,10 @@ T = TypeVar("T")
 def target(request: pytest.FixtureRequest) -> str:
     t: str = request.param
     if t == "etcd" and etcd_binary() is None:
+        msg = "etcd not found (PATH, $CONCH_ETCD_BIN or $ETCD_BIN)"
         if require_etcd():
-            pytest.fail("etcd not found (PATH or $ETCD_BIN) and CONCH_REQUIRE_ETCD=1")
-        pytest.skip("etcd not found (PATH or $ETCD_BIN)")
+            pytest.fail(msg + " and CONCH_REQUIRE_ETCD=1")
+        pytest.skip(msg)
     return t
 
 
