@@ -44,7 +44,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check conch devkit tests bench
-	$(VENV)/bin/mypy conch devkit/robustness
+	$(VENV)/bin/mypy conch devkit
 
 proto: $(STAMP)
 	PYTHON=$(PY) scripts/gen_proto.sh

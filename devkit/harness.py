@@ -323,7 +323,9 @@ class ServerProcess:
                 return proc.wait(timeout)
         return proc.returncode
 
-    def kill(self, sig: int = signal.SIGKILL, wait: bool | None = None, timeout: float = 10.0):
+    def kill(
+        self, sig: int = signal.SIGKILL, wait: bool | None = None, timeout: float = 10.0
+    ) -> int | None:
         """Send ``sig`` to the started pid. Waits for exit for terminating signals
         (KILL/TERM/INT/QUIT) unless ``wait`` says otherwise; SIGSTOP/SIGCONT do not wait."""
         if self.proc is None or self.proc.poll() is not None:
@@ -478,7 +480,7 @@ def etcdctl(
     timeout: float = DEFAULT_ETCDCTL_TIMEOUT,
     check: bool = False,
     text: bool = True,
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[Any]:
     """Run ``etcdctl --endpoints=ENDPOINT ARGS...`` (API v3) and capture text output.
 
     Raises subprocess.TimeoutExpired after ``timeout`` (the child is killed by
