@@ -43,8 +43,8 @@ demo: $(STAMP)
 	$(PY) examples/nanoping/demo.py $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check conch tests bench
-	$(VENV)/bin/mypy conch
+	$(VENV)/bin/ruff check conch devkit tests bench
+	$(VENV)/bin/mypy conch devkit
 
 proto: $(STAMP)
 	PYTHON=$(PY) scripts/gen_proto.sh

@@ -1,1 +1,2 @@
-"""conch's developer kit: test harness, robustness and simulation tooling; not part of the installed product."""
+"""conch's developer kit: the test harness, the robustness and linearizability tooling and
+the whole-member simulator. Not part of the installed product (not in the wheel)."""

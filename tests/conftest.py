@@ -1,4 +1,4 @@
-"""Process fixtures: real etcd / conch servers on loopback (see tests/harness.py).
+"""Process fixtures: real etcd / conch servers on loopback (see devkit/harness.py).
 
 - ``etcd_server``   a fresh single-member etcd (skips if the binaries are missing,
                     FAILS instead with CONCH_REQUIRE_ETCD=1)
@@ -12,15 +12,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402
+from devkit import harness
 
 
 def ensure_etcd() -> None:

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from conch.robustness import lease_check, linearizability, set_check
-from conch.robustness.history import (
+from devkit.robustness import lease_check, linearizability, set_check
+from devkit.robustness.history import (
     KV,
     OK,
     UNKNOWN,
@@ -21,7 +21,7 @@ from conch.robustness.history import (
     Response,
     Txn,
 )
-from conch.robustness.report import CheckResult
+from devkit.robustness.report import CheckResult
 
 __all__ = [
     "KV", "OK", "UNKNOWN", "CheckResult", "Compare", "Delete", "History", "LeaseExpired",

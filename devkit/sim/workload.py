@@ -44,7 +44,7 @@ _DEFINITE_MESSAGES = ("requested lease not found", "lease already exists")
 
 
 def definite(exc: EtcdError) -> bool:
-    """conch.robustness.traffic.classify, for a façade's EtcdError."""
+    """devkit.robustness.traffic.classify, for a façade's EtcdError."""
     text = exc.message.lower()
     if any(m in text for m in _DEFINITE_MESSAGES):
         return True

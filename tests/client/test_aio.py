@@ -9,7 +9,7 @@ import pytest
 
 from conch.client import AsyncClient, Compare, Op, WatchResult
 from conch.client import errors as errs
-from tests.harness import free_port
+from devkit.harness import free_port
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -9,8 +9,8 @@ import pytest
 
 from conch.client import Client
 from conch.client import errors as errs
-from tests.harness import free_port
-from tests.polling import poll
+from devkit.harness import free_port
+from devkit.polling import poll
 
 
 def test_lease_grant_ttl_keepalive_revoke(client: Client) -> None:

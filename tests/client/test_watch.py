@@ -9,7 +9,7 @@ import pytest
 
 from conch.client import Client, WatchResult
 from conch.client import errors as errs
-from tests.polling import poll
+from devkit.polling import poll
 
 
 def collect(w, n: int, timeout: float = 10.0) -> list[WatchResult]:  # type: ignore[no-untyped-def]

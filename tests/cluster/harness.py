@@ -11,8 +11,8 @@ from typing import Any
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.harness import REPO_ROOT, ConchProcess, free_port
 from tests.grpc_stubs import connect
-from tests.harness import REPO_ROOT, ConchProcess, free_port
 
 
 def write_env_file(path: Path, values: dict[str, str]) -> None:

@@ -11,12 +11,12 @@ import threading
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.harness import etcdctl
+from devkit.polling import poll
 from tests.cluster.harness import Cluster
 from tests.cluster.harness import agreed_leader as _leader
 from tests.cluster.harness import member_status as _status
 from tests.grpc_stubs import connect
-from tests.harness import etcdctl
-from tests.polling import poll
 
 ELECTION_S = 1.0  # etcd's default --election-timeout
 
@@ -274,8 +274,8 @@ def test_stopped_follower_catches_up_by_snapshot(tmp_path):
 
 
 def test_learner_joins_catches_up_is_promoted_and_old_member_removed(cluster, tmp_path):
+    from devkit.harness import free_port
     from tests.cluster.harness import EnvFileMember, read_env_file, write_env_file
-    from tests.harness import free_port
 
     leader = poll(lambda: _leader(cluster), 10, "a leader")
     load = _Load(cluster.endpoints, writers=2)
@@ -379,7 +379,7 @@ def test_wrong_token_and_foreign_data_are_refused_by_peers(cluster, tmp_path):
         s.kv.Put(rpc_pb2.PutRequest(key=b"still", value=b"serving"), timeout=10)
     odd.stop()
     # 2. Another cluster's data directory under the right configuration.
-    from tests.harness import ConchProcess
+    from devkit.harness import ConchProcess
 
     foreign = ConchProcess("foreign", tmp_path / "foreign")
     foreign.start()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conch.server import config as config_mod
-from tests.harness import REPO_ROOT, clean_env, etcdctl
-from tests.polling import poll
+from devkit.harness import REPO_ROOT, clean_env, etcdctl
+from devkit.polling import poll
 
 DEPLOY = REPO_ROOT / "deploy"
 SCRIPT = REPO_ROOT / "scripts" / "local_cluster.py"

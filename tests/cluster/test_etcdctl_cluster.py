@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.harness import etcdctl, free_port
-from tests.polling import poll
+from devkit.harness import etcdctl, free_port
+from devkit.polling import poll
 
 
 def _ctl(cluster, *args):

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import harness
+from devkit import harness
 
 STEP_TIMEOUT = 20.0  # every etcdctl invocation is bounded by this
 UNKNOWN_LEASE = "1234"  # hex lease id used on purpose in error cases; never mapped
@@ -106,17 +106,8 @@ class WatchProc:
     """An etcdctl process whose stdout lines are collected by a reader thread."""
 
     def __init__(self, endpoint: str, args: list[str], lines: int, limit: float, grace: float):
-        ctl = harness.etcdctl_binary()
-        assert ctl is not None
         self.want, self.limit, self.grace = lines, limit, grace
-        self.proc = subprocess.Popen(
-            [ctl, f"--endpoints={endpoint}", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=harness.clean_env({"ETCDCTL_API": "3"}),
-        )
+        self.proc = harness.etcdctl_popen(endpoint, *args)
         self.started = time.monotonic()
         self.out: list[str] = []
         self.err: list[str] = []

@@ -1,11 +1,12 @@
-"""Smoke tests of tests/harness.py itself (process lifecycle against real servers)."""
+"""Smoke tests of devkit/harness.py itself (process lifecycle against real servers)."""
 
 from __future__ import annotations
 
 import signal
 
-import harness
 import pytest
+
+from devkit import harness
 
 
 def test_free_port_unique() -> None:

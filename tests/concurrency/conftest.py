@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import harness  # noqa: E402
-
-from conch.client import Client  # noqa: E402
+from conch.client import Client
+from devkit import harness
 
 MakeClient = Callable[[], Client]
 
@@ -44,16 +39,7 @@ class Ctl:
     """A long-running ``etcdctl`` child (elect / lock) with its stdout lines collected."""
 
     def __init__(self, endpoint: str, *args: str) -> None:
-        ctl = harness.etcdctl_binary()
-        assert ctl is not None
-        self.proc = subprocess.Popen(
-            [ctl, f"--endpoints={endpoint}", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=harness.clean_env({"ETCDCTL_API": "3"}),
-        )
+        self.proc = harness.etcdctl_popen(endpoint, *args)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

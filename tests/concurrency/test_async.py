@@ -6,7 +6,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import harness
 import pytest
 
 from conch.client import AsyncClient
@@ -20,6 +19,7 @@ from conch.client.concurrency import (
     SessionExpired,
     async_stm,
 )
+from devkit import harness
 
 
 async def apoll(pred: Callable[[], Awaitable[object]], timeout: float, what: str) -> None:

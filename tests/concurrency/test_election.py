@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from _threads import Bg, collect
 from conftest import MakeClient
-from polling import poll
 
 from conch.client import Client
 from conch.client.concurrency import (
@@ -17,6 +16,7 @@ from conch.client.concurrency import (
     SessionExpired,
     WaitTimeout,
 )
+from devkit.polling import poll
 
 
 def keys_under(client: Client, prefix: str) -> list[bytes]:

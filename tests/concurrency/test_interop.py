@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from _threads import Bg, collect
 from conftest import StartCtl
-from polling import poll
 
 from conch.client import Client
 from conch.client.concurrency import Election, Mutex, Session
+from devkit.polling import poll
 
 
 def _keys(client: Client, prefix: str) -> list[bytes]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from _threads import Bg
 from conftest import MakeClient
-from polling import poll
 
 from conch.client import Client, Op
 from conch.client.concurrency import Locked, Mutex, Session, SessionExpired, WaitTimeout
+from devkit.polling import poll
 
 
 def n_keys(client: Client, prefix: str) -> int:

@@ -6,10 +6,10 @@ import time
 
 import pytest
 from conftest import MakeClient
-from polling import poll
 
 from conch.client import Client
 from conch.client.concurrency import Session, SessionExpired
+from devkit.polling import poll
 
 
 def test_grant_keepalive_and_expires_at(client: Client) -> None:

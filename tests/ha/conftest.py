@@ -17,11 +17,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import harness  # noqa: E402
-
-from conch.client import Client  # noqa: E402
+from conch.client import Client
+from devkit import harness
 
 HERE = Path(__file__).resolve().parent
 WORKER = str(HERE / "worker.py")

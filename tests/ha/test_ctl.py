@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import harness
-from tests.polling import poll
+from devkit import harness
+from devkit.polling import poll
 
 LEASE = re.compile(rb"/[0-9a-f]{1,16}\n")
 

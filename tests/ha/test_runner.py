@@ -11,8 +11,8 @@ import pytest
 from conch.client import Client, Op
 from conch.client.concurrency import Election, Session
 from conch.ha import Cancel, FencingToken, TimingError, Timings, leader, run_while_leader
-from tests import harness
-from tests.polling import poll
+from devkit import harness
+from devkit.polling import poll
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from conch.client import Client, Compare, Op
+from devkit.harness import ServerProcess
+from devkit.polling import poll
 from tests.ha.conftest import (
     GRACE,
     TTL,
@@ -24,8 +26,6 @@ from tests.ha.conftest import (
     pid_alive,
     read_log,
 )
-from tests.harness import ServerProcess
-from tests.polling import poll
 
 NAME = "safety"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from conch.robustness.history import (
+from devkit.robustness.history import (
     KV,
     OK,
     UNKNOWN,

@@ -1,4 +1,4 @@
-"""conch.robustness.cluster with real processes: conch and the reference etcd, side by side.
+"""devkit.robustness.cluster with real processes: conch and the reference etcd, side by side.
 
 Each test starts a 3-member cluster whose peer links pass FaultProxy, injects one kind of
 fault and checks that the cluster behaves as a raft cluster must. Every wait polls with a
@@ -20,9 +20,9 @@ import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
-from conch.robustness.cluster import Cluster, ClusterSpec, etcd_binary
+from devkit.harness import etcd_binary, require_etcd
+from devkit.robustness.cluster import Cluster, ClusterSpec
 from tests.grpc_stubs import connect
-from tests.harness import require_etcd
 
 T = TypeVar("T")
 
@@ -31,9 +31,10 @@ T = TypeVar("T")
 def target(request: pytest.FixtureRequest) -> str:
     t: str = request.param
     if t == "etcd" and etcd_binary() is None:
+        msg = "etcd not found (PATH, $CONCH_ETCD_BIN or $ETCD_BIN)"
         if require_etcd():
-            pytest.fail("etcd not found (PATH or $ETCD_BIN) and CONCH_REQUIRE_ETCD=1")
-        pytest.skip("etcd not found (PATH or $ETCD_BIN)")
+            pytest.fail(msg + " and CONCH_REQUIRE_ETCD=1")
+        pytest.skip(msg)
     return t
 
 

@@ -7,8 +7,8 @@ import threading
 
 from robustutil import random_history
 
-from conch.robustness import check_all
-from conch.robustness.history import (
+from devkit.robustness import check_all
+from devkit.robustness.history import (
     KV,
     Compare,
     Delete,

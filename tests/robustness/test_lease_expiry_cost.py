@@ -12,8 +12,8 @@ from pathlib import Path
 
 from robustutil import B
 
-from conch.robustness import linearizability
-from conch.robustness.history import (
+from devkit.robustness import linearizability
+from devkit.robustness.history import (
     KV,
     UNKNOWN,
     History,

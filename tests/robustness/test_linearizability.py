@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from robustutil import B
 
-from conch.robustness import linearizability
-from conch.robustness.history import (
+from devkit.robustness import linearizability
+from devkit.robustness.history import (
     KV,
     Compare,
     Delete,
@@ -18,7 +18,7 @@ from conch.robustness.history import (
     Response,
     Txn,
 )
-from conch.robustness.report import CheckResult
+from devkit.robustness.report import CheckResult
 
 
 def lin(b: B) -> CheckResult:

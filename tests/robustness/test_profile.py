@@ -6,7 +6,7 @@ fixed, so a failure replays with the command printed in the report. A failed run
 directory (member logs and data dirs, history.jsonl, report.txt) under
 ``$CONCH_ROBUSTNESS_OUT`` (default: pytest's tmp dir).
 
-The long profile is ``python -m conch.robustness --target conch --minutes 10`` (README).
+The long profile is ``python -m devkit.robustness --target conch --minutes 10`` (README).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conch.robustness.run import run_scenario
-from tests.harness import etcd_available, require_etcd
+from devkit.harness import etcd_available, require_etcd
+from devkit.robustness.run import run_scenario
 
 #: (scenario, seed). Each run is ~12 s of traffic plus start, recovery and checking.
 STANDARD = [

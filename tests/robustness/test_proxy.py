@@ -10,12 +10,13 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
 
-from conch.robustness.proxy import FaultProxy, FaultRules, identify, link_key
+from devkit.polling import poll
+from devkit.robustness.proxy import FaultProxy, FaultRules, identify, link_key
 
 T = TypeVar("T")
 
@@ -94,17 +95,6 @@ def proxy(echo: EchoServer, rules: FaultRules) -> Iterator[FaultProxy]:
                    rng=random.Random(1), peek_timeout=0.3).start()
     yield p
     p.close()
-
-
-def poll(fn: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def dial(p: FaultProxy, hello: bytes = b"") -> socket.socket:

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 from robustutil import random_history
 
-from conch.robustness import check_all, linearizability, set_check, watch
-from conch.robustness.history import (
+from devkit.robustness import check_all, linearizability, set_check, watch
+from devkit.robustness.history import (
     OK,
     Delete,
     History,
@@ -20,7 +20,7 @@ from conch.robustness.history import (
     Txn,
     WatchRecord,
 )
-from conch.robustness.watch import build_log
+from devkit.robustness.watch import build_log
 
 SEEDS = range(120)
 

@@ -74,15 +74,15 @@ import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
 from conch.proto.mvccpb import kv_pb2
-from tests.grpc_stubs import Stubs, connect
-from tests.harness import (
+from devkit.harness import (
     ConchProcess,
     EtcdProcess,
     ServerProcess,
     etcd_available,
     require_etcd,
 )
-from tests.polling import poll
+from devkit.polling import poll
+from tests.grpc_stubs import Stubs, connect
 
 TARGETS = ["conch", "etcd"]
 PUT = kv_pb2.Event.PUT

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from robustutil import B, ev_put, wresp
 
-from conch.robustness import lease_check, set_check
-from conch.robustness.history import (
+from devkit.robustness import lease_check, set_check
+from devkit.robustness.history import (
     KV,
     Delete,
     LeaseExpired,

@@ -1,4 +1,4 @@
-"""The traffic generator (conch/robustness/traffic.py) against real single members of conch and
+"""The traffic generator (devkit/robustness/traffic.py) against real single members of conch and
 etcd 3.4: every request kind is issued, watchers see the events, the same seed issues the same
 requests, and the checkers pass on what was recorded -- also across a kill -9 and restart."""
 
@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import pytest
 
-from conch.robustness import check_all
-from conch.robustness.history import (
+from devkit.robustness import check_all
+from devkit.robustness.history import (
     UNKNOWN,
     History,
     LeaseExpired,
@@ -27,7 +27,7 @@ from conch.robustness.history import (
     Recorder,
     Txn,
 )
-from conch.robustness.traffic import (
+from devkit.robustness.traffic import (
     KINDS,
     TrafficConfig,
     TrafficStats,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from robustutil import B, ev_del, ev_put, wresp
 
-from conch.robustness import watch
-from conch.robustness.history import KV, Delete, Response, WatchRequest, WatchResponse
+from devkit.robustness import watch
+from devkit.robustness.history import KV, Delete, Response, WatchRequest, WatchResponse
 
 
 def base() -> B:

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.polling import poll
 from tests.grpc_stubs import connect
-from tests.polling import poll
 
 ROUNDS = int(os.environ.get("CONCH_CRASH_ROUNDS", "4"))
 WRITERS = 8

@@ -24,12 +24,12 @@ import pytest
 
 from conch import failpoints
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.harness import REPO_ROOT, ConchProcess, ServerProcess, free_port
+from devkit.polling import poll
 from tests.cluster.harness import Cluster
 from tests.cluster.harness import agreed_leader as _leader
 from tests.cluster.harness import member_status as _status
 from tests.grpc_stubs import connect
-from tests.harness import REPO_ROOT, ConchProcess, ServerProcess, free_port
-from tests.polling import poll
 
 # --------------------------------------------------------------------------- which traffic
 

@@ -12,9 +12,9 @@ import urllib.request
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.harness import free_port
+from devkit.polling import poll
 from tests.grpc_stubs import connect
-from tests.harness import free_port
-from tests.polling import poll
 
 
 def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server):

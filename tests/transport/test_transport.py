@@ -14,8 +14,9 @@ import pytest
 from conch.raft.types import Message, MessageType, Snapshot, SnapshotMetadata
 from conch.transport import SnapshotHeader, wire
 from conch.transport.wire import ConnKind, FrameDecoder, FrameType, Handshake, SnapTrailer
+from devkit.procs import free_port
 
-from .nodes import CLUSTER, Node, app, connect, free_port, run, wait_active, wait_until
+from .nodes import CLUSTER, Node, app, connect, run, wait_active, wait_until
 
 
 def snap_msg(frm: int, to: int, index: int) -> Message:

@@ -15,7 +15,7 @@ Running it:
   kill/restart, SIGSTOP/SIGCONT, partitions and failpoints.
 - :mod:`.traffic`: concurrent clients and watchers recording into a :class:`~.history.Recorder`.
 - :mod:`.faults`: the fault catalogue; :mod:`.run`: one run end to end; ``python -m
-  conch.robustness`` the command line (see the README).
+  devkit.robustness`` the command line (see the README).
 """
 
 from __future__ import annotations

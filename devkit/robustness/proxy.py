@@ -35,6 +35,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from devkit.procs import stamp
+
 __all__ = [
     "Effect",
     "FaultProxy",
@@ -282,8 +284,7 @@ class FaultRules:
 
 
 def _stamp(text: str) -> str:
-    t = time.time()
-    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d} {text}"
+    return f"{stamp()} {text}"
 
 
 # --------------------------------------------------------------------------- statistics

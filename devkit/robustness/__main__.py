@@ -1,10 +1,10 @@
-"""``python -m conch.robustness``: robustness runs against conch or etcd from the command line.
+"""``python -m devkit.robustness``: robustness runs against conch or etcd from the command line.
 
-    python -m conch.robustness --list
-    python -m conch.robustness --target conch --scenario leader-kill --seed 7
-    python -m conch.robustness --target etcd --scenario leader-partition --duration 30
-    python -m conch.robustness --target conch --minutes 10            # long profile, mixed faults
-    python -m conch.robustness --target both --scenario standard      # every network/process fault
+    python -m devkit.robustness --list
+    python -m devkit.robustness --target conch --scenario leader-kill --seed 7
+    python -m devkit.robustness --target etcd --scenario leader-partition --duration 30
+    python -m devkit.robustness --target conch --minutes 10            # long profile, mixed faults
+    python -m devkit.robustness --target both --scenario standard      # every network/process fault
 
 Each run prints its report (seed, operation counts by outcome, faults, checker verdicts); a
 failed run keeps its directory (member logs and data, history.jsonl, report.txt) under --out.
@@ -20,8 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from conch.robustness.faults import FAILPOINTS, standard_faults
-from conch.robustness.run import RunResult, run_scenario, scenario_names
+from devkit.robustness.faults import FAILPOINTS, standard_faults
+from devkit.robustness.run import RunResult, run_scenario, scenario_names
 
 
 def _expand(names: list[str], target: str) -> list[str]:
@@ -40,7 +40,7 @@ def _expand(names: list[str], target: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m conch.robustness", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m devkit.robustness", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", choices=["conch", "etcd", "both"], default="conch")
     ap.add_argument("--scenario", action="append", default=[],

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from conch.proto.etcdserverpb import rpc_pb2
 
 if TYPE_CHECKING:
-    from conch.robustness.cluster import Cluster
+    from devkit.robustness.cluster import Cluster
 
 
 class FaultNotTriggered(Exception):

@@ -10,10 +10,10 @@ links between members can be cut, delayed or made lossy (:meth:`Cluster.partitio
 Layout under ``base_dir``: ``<name>/data`` (data dir) and ``<name>/member.log`` (stdout and
 stderr of every start). The caller owns ``base_dir`` (keep it when a run fails).
 
-Every child gets PR_SET_PDEATHSIG (SIGKILL) on Linux, so a crashed caller never leaks members.
-Linux delivers that signal when the *thread* that forked the child exits, so every member is
-forked by one long-lived spawner thread: a member restarted from a short-lived fault thread
-survives that thread. All waits poll with deadlines.
+Members are started by :func:`devkit.procs.spawn_logged`: every child gets PR_SET_PDEATHSIG
+(SIGKILL) on Linux, so a crashed caller never leaks members, and is forked by one long-lived
+spawner thread, so a member restarted from a short-lived fault thread survives that thread.
+All waits poll with deadlines.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import http.client
 import itertools
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,15 +32,24 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from devkit.procs import (
+    REPO_ROOT,
+    clean_env,
+    conch_env,
+    etcd_binary,
+    free_port,
+    log_tail,
+    spawn_logged,
+    stamp,
+)
 
 from .proxy import FaultProxy, FaultRules
 
@@ -51,8 +58,6 @@ __all__ = [
     "ClusterError",
     "ClusterSpec",
     "Member",
-    "etcd_binary",
-    "free_port",
 ]
 
 T = TypeVar("T")
@@ -76,82 +81,6 @@ class ClusterSpec:
     proxy: bool = True  # peer URLs advertised through FaultProxy
     failpoints_http: bool = False  # conch only: CONCH_FAILPOINTS_HTTP=127.0.0.1:<port>
     seed: int = 0
-
-
-# --------------------------------------------------------------------------- helpers
-
-_port_lock = threading.Lock()
-_handed_out: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on ``host`` (never the same one twice in this process)."""
-    with _port_lock:
-        for _ in range(200):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((host, 0))
-                port = int(s.getsockname()[1])
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a fresh free port")
-
-
-def etcd_binary() -> str | None:
-    """``$ETCD_BIN`` (or ``$CONCH_ETCD_BIN``) if set, else ``etcd`` from PATH."""
-    explicit = os.environ.get("ETCD_BIN") or os.environ.get("CONCH_ETCD_BIN")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return shutil.which("etcd")
-
-
-def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
-    # etcd refuses a setting given both as a flag and as ETCD_*; conch reads ETCD_* too
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
-    env.update(extra)
-    return env
-
-
-_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-
-
-def _parent_death_prefix() -> list[str]:
-    """Ask Linux to SIGKILL the child when its parent dies (PR_SET_PDEATHSIG), through
-    util-linux's ``setpriv``, which then execs the member (same pid). Not a ``preexec_fn``:
-    running Python (ctypes) between fork and exec in a process with gRPC's threads crashed
-    children with SIGSEGV before exec; without ``preexec_fn`` subprocess uses vfork."""
-    return [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
-
-
-_spawner_lock = threading.Lock()
-_spawner: ThreadPoolExecutor | None = None
-
-
-def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen`` on the spawner thread, which lives as long as this process (see
-    the module doc: PR_SET_PDEATHSIG fires when the forking *thread* exits)."""
-    global _spawner
-    with _spawner_lock:
-        if _spawner is None:
-            _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="member-spawner")
-        spawner = _spawner
-
-    def fork() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(cmd, **kwargs)
-
-    return spawner.submit(fork).result()
-
-
-def _stamp() -> str:
-    t = time.time()
-    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}"
-
-
-def _conch_root() -> Path:
-    """The directory holding the ``conch`` package (the repo root in a checkout)."""
-    import conch
-
-    return Path(conch.__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------- members
@@ -206,11 +135,7 @@ class Member:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log file)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 # --------------------------------------------------------------------------- the cluster
@@ -558,7 +483,7 @@ class Cluster:
         else:
             binary = etcd_binary()
             if binary is None:
-                raise ClusterError("etcd binary not found (PATH or $ETCD_BIN)")
+                raise ClusterError("etcd binary not found (PATH, $CONCH_ETCD_BIN or $ETCD_BIN)")
             cmd = [binary]
         cmd += [
             "--name", m.name,
@@ -581,40 +506,25 @@ class Cluster:
 
     def _env(self, m: Member) -> dict[str, str]:
         extra = dict(self.spec.env)
-        if self.spec.target == "conch":
-            root = str(_conch_root())
-            pp = os.environ.get("PYTHONPATH")
-            extra["PYTHONPATH"] = root + (os.pathsep + pp if pp else "")
-            extra.setdefault("PYTHONUNBUFFERED", "1")
-            if m.failpoints_port:
-                extra["CONCH_FAILPOINTS_HTTP"] = f"127.0.0.1:{m.failpoints_port}"
-        return _clean_env(extra)
+        if self.spec.target != "conch":
+            return clean_env(extra)
+        if m.failpoints_port:
+            extra["CONCH_FAILPOINTS_HTTP"] = f"127.0.0.1:{m.failpoints_port}"
+        return conch_env(extra)
 
     def _spawn(self, m: Member) -> None:
         if self._closed:
             raise RuntimeError("cluster closed")
-        m.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command(m)
         m.starts += 1
-        cwd = str(_conch_root()) if self.spec.target == "conch" else str(m.log_path.parent)
-        with open(m.log_path, "ab") as log:
-            log.write(f"\n=== cluster: start #{m.starts} at {_stamp()} UTC: "
-                      f"{' '.join(cmd)}\n".encode())
-            log.flush()
-            m.proc = _popen(
-                _parent_death_prefix() + cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._env(m),
-                cwd=cwd,
-                start_new_session=True,  # a ^C to the caller is not delivered to members
-            )
+        cwd = REPO_ROOT if self.spec.target == "conch" else m.log_path.parent
+        m.proc = spawn_logged(cmd, m.log_path, header=f"cluster: start #{m.starts}",
+                              env=self._env(m), cwd=cwd)
         m.stopped = False
 
     def _note(self, text: str) -> None:
         with self._lock:
-            self._faults.append(f"{_stamp()} {text}")
+            self._faults.append(f"{stamp()} {text}")
 
     def _need_proxy(self) -> None:
         if not self.proxies:

@@ -14,6 +14,10 @@ Typical use::
 
 Signals are only ever sent to the pid this module started (``Popen.send_signal``).
 
+Ports, environments, the reference binaries and spawning come from :mod:`devkit.procs`
+(re-exported here: ``free_port``, ``clean_env``, ``etcd_binary``, ``etcdctl_binary``,
+``REPO_ROOT``).
+
 Environment knobs:
   CONCH_ETCD_BIN / CONCH_ETCDCTL_BIN   paths of the reference binaries (default: PATH, /usr/bin)
   CONCH_REQUIRE_ETCD=1                 (used by conftest) missing binaries fail instead of skip
@@ -27,18 +31,46 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from devkit.procs import (
+    REPO_ROOT,
+    clean_env,
+    conch_env,
+    etcd_binary,
+    etcdctl_binary,
+    free_port,
+    log_tail,
+    spawn_logged,
+)
+
+__all__ = [
+    "REPO_ROOT",
+    "SERVER_KINDS",
+    "ConchProcess",
+    "EtcdProcess",
+    "ServerProcess",
+    "ServerStartError",
+    "clean_env",
+    "conch_available",
+    "etcd_available",
+    "etcd_binary",
+    "etcdctl",
+    "etcdctl_binary",
+    "etcdctl_popen",
+    "free_port",
+    "probe",
+    "require_etcd",
+    "running",
+    "stop_all",
+]
 
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -46,25 +78,6 @@ DEFAULT_ETCDCTL_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------------- binaries
-
-
-def _find_binary(env_var: str, name: str) -> str | None:
-    explicit = os.environ.get(env_var)
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    found = shutil.which(name)
-    if found:
-        return found
-    fallback = f"/usr/bin/{name}"
-    return fallback if os.access(fallback, os.X_OK) else None
-
-
-def etcd_binary() -> str | None:
-    return _find_binary("CONCH_ETCD_BIN", "etcd")
-
-
-def etcdctl_binary() -> str | None:
-    return _find_binary("CONCH_ETCDCTL_BIN", "etcdctl")
 
 
 def etcd_available() -> bool:
@@ -78,56 +91,6 @@ def require_etcd() -> bool:
 def conch_available() -> bool:
     """True once the conch package can be run as ``python -m conch``."""
     return (REPO_ROOT / "conch" / "__main__.py").is_file()
-
-
-# --------------------------------------------------------------------------- ports
-
-_port_lock = threading.Lock()
-_handed_out: set[int] = set()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on ``host``.
-
-    The kernel picks it (bind to port 0). Ports already handed out by this process are
-    never returned again, so servers started concurrently from one test run cannot be
-    given the same port even if the first one has not bound it yet. A race with an
-    unrelated process remains possible; ``ServerProcess.start`` retries on bind errors
-    when it chose the ports itself.
-    """
-    with _port_lock:
-        for _ in range(200):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a fresh free port")
-
-
-# --------------------------------------------------------------------------- env helpers
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """os.environ without inherited ETCD_*/ETCDCTL_* settings, plus ``extra``.
-
-    etcd exits fatally when a setting is given both as a flag and as an ETCD_* variable,
-    and inherited ETCDCTL_* variables would silently change etcdctl's behaviour.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "ETCDCTL_"))}
-    if extra:
-        env.update(extra)
-    return env
-
-
-def _parent_death_prefix() -> list[str]:
-    """Ask Linux to SIGKILL the child when the parent dies (PR_SET_PDEATHSIG), via util-linux's
-    ``setpriv``, which then execs the server under the same pid. Not a ``preexec_fn``: forking
-    (instead of vfork) while gRPC's threads run could hang in gRPC's atfork handler or crash
-    the child before exec."""
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 # --------------------------------------------------------------------------- readiness probe
@@ -278,11 +241,7 @@ class ServerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log file)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def spawn(self) -> None:
         """Start the process without waiting for readiness."""
@@ -291,22 +250,10 @@ class ServerProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = self.command()
         self.starts += 1
-        with open(self.log_path, "ab") as log:
-            log.write(
-                f"\n=== harness: start #{self.starts} at {time.strftime('%H:%M:%S')}: "
-                f"{' '.join(cmd)}\n".encode()
-            )
-            log.flush()
-            prefix = _parent_death_prefix() if self.die_with_parent else []
-            self.proc = subprocess.Popen(
-                prefix + cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.process_env(),
-                cwd=self.cwd(),
-                start_new_session=True,  # a ^C to pytest is not delivered to the server
-            )
+        self.proc = spawn_logged(
+            cmd, self.log_path, header=f"harness: start #{self.starts}",
+            env=self.process_env(), cwd=self.cwd(), die_with_parent=self.die_with_parent,
+        )
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Poll until a linearizable Range succeeds; raise ServerStartError on deadline/exit."""
@@ -376,7 +323,9 @@ class ServerProcess:
                 return proc.wait(timeout)
         return proc.returncode
 
-    def kill(self, sig: int = signal.SIGKILL, wait: bool | None = None, timeout: float = 10.0):
+    def kill(
+        self, sig: int = signal.SIGKILL, wait: bool | None = None, timeout: float = 10.0
+    ) -> int | None:
         """Send ``sig`` to the started pid. Waits for exit for terminating signals
         (KILL/TERM/INT/QUIT) unless ``wait`` says otherwise; SIGSTOP/SIGCONT do not wait."""
         if self.proc is None or self.proc.poll() is not None:
@@ -490,11 +439,7 @@ class ConchProcess(ServerProcess):
         return cmd + self.extra_args
 
     def process_env(self) -> dict[str, str]:
-        env = clean_env(self.env)
-        pp = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + pp if pp else "")
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        return env
+        return conch_env(self.env)
 
     def cwd(self) -> str:
         return str(REPO_ROOT)
@@ -535,7 +480,7 @@ def etcdctl(
     timeout: float = DEFAULT_ETCDCTL_TIMEOUT,
     check: bool = False,
     text: bool = True,
-) -> subprocess.CompletedProcess:
+) -> subprocess.CompletedProcess[Any]:
     """Run ``etcdctl --endpoints=ENDPOINT ARGS...`` (API v3) and capture text output.
 
     Raises subprocess.TimeoutExpired after ``timeout`` (the child is killed by
@@ -556,4 +501,21 @@ def etcdctl(
         timeout=timeout,
         check=check,
         stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def etcdctl_popen(endpoint: str | ServerProcess, *args: str) -> subprocess.Popen[str]:
+    """``etcdctl --endpoints=ENDPOINT ARGS...`` (API v3) as a running child with text pipes
+    for stdout and stderr and stdin from /dev/null (e.g. ``watch``); the caller stops it."""
+    ctl = etcdctl_binary()
+    if ctl is None:
+        raise FileNotFoundError("etcdctl binary not found (set CONCH_ETCDCTL_BIN)")
+    ep = endpoint.endpoint if isinstance(endpoint, ServerProcess) else endpoint
+    return subprocess.Popen(
+        [ctl, f"--endpoints={ep}", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env({"ETCDCTL_API": "3"}),
     )

@@ -21,12 +21,12 @@ from pathlib import Path
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from conch.robustness import check_all
-from conch.robustness.cluster import Cluster, ClusterSpec
-from conch.robustness.faults import Fault, FaultContext, FaultNotTriggered, MixedFaults, all_faults
-from conch.robustness.history import Recorder
-from conch.robustness.report import CheckResult, Summary
-from conch.robustness.traffic import TrafficConfig, TrafficStats, final_read, run_traffic
+from devkit.robustness import check_all
+from devkit.robustness.cluster import Cluster, ClusterSpec
+from devkit.robustness.faults import Fault, FaultContext, FaultNotTriggered, MixedFaults, all_faults
+from devkit.robustness.history import Recorder
+from devkit.robustness.report import CheckResult, Summary
+from devkit.robustness.traffic import TrafficConfig, TrafficStats, final_read, run_traffic
 
 #: conch flags that make snapshot scenarios reachable in a short run (etcd's robustness tests
 #: lower --snapshot-count the same way).
@@ -57,7 +57,7 @@ class RunResult:
         lines = [
             f"scenario {self.scenario} on {self.target}, seed {self.seed}: "
             f"{'PASS' if self.ok else 'FAIL'} in {self.elapsed:.1f}s",
-            f"replay: python -m conch.robustness --target {self.target} "
+            f"replay: python -m devkit.robustness --target {self.target} "
             f"--scenario {self.scenario} --seed {self.seed}",
         ]
         if self.traffic is not None:
