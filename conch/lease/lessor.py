@@ -273,6 +273,12 @@ class Lessor:
                         self._unsafe_attach(lease, key)
             raise
         with self._mu:
+            # The store detached every key it deleted: a key still attached is one the
+            # lessor and the store disagree about (the store has no such key).
+            assert not lease.keys, (
+                f"lease {lease_id:x}: {len(lease.keys)} attached key(s) not in the store, "
+                f"e.g. {sorted(lease.keys)[0]!r}"
+            )
             if self._leases.get(lease_id) is lease:
                 del self._leases[lease_id]
                 for key in lease.keys:  # anything the store did not detach
