@@ -45,6 +45,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check conch devkit tests bench
 	$(VENV)/bin/mypy conch devkit
+	$(VENV)/bin/mypy tests
 
 proto: $(STAMP)
 	PYTHON=$(PY) scripts/gen_proto.sh

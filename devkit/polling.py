@@ -9,7 +9,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def poll(pred: Callable[[], T], timeout: float, what: str, interval: float = 0.01) -> T:
+def poll(pred: Callable[[], T | None], timeout: float, what: str, interval: float = 0.01) -> T:
     """Call `pred` until it returns something truthy (returned) or `timeout` passes (fail)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -94,5 +94,7 @@ def conch_server(server_factory: ServerFactory) -> harness.ServerProcess:
 
 
 @pytest.fixture(params=["etcd", "conch"])
-def any_server(request: pytest.FixtureRequest, server_factory: ServerFactory):
+def any_server(
+    request: pytest.FixtureRequest, server_factory: ServerFactory
+) -> harness.ServerProcess:
     return server_factory(request.param)

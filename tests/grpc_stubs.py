@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -44,7 +45,9 @@ def connect(endpoint: str) -> Stubs:
     )
 
 
-def rpc_error(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
+def rpc_error(
+    call: Callable[..., object], *args: object, **kwargs: object
+) -> tuple[grpc.StatusCode, str]:
     """Run a unary call that must fail; return (code, details)."""
     try:
         call(*args, timeout=10, **kwargs)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
@@ -11,8 +13,10 @@ from conch.client import AsyncClient, Compare, Op, WatchResult
 from conch.client import errors as errs
 from devkit.harness import free_port
 
+T = TypeVar("T")
 
-def run(coro):  # type: ignore[no-untyped-def]
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 

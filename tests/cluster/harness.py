@@ -105,7 +105,8 @@ def member_status(endpoint: str) -> rpc_pb2.StatusResponse | None:
     """The member's Status, or None if it does not answer within 2 s."""
     try:
         with connect(endpoint) as s:
-            return s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=2)
+            resp: rpc_pb2.StatusResponse = s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=2)
+            return resp
     except grpc.RpcError:
         return None
 

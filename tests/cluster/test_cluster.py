@@ -7,23 +7,28 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2
 from devkit.harness import etcdctl
 from devkit.polling import poll
-from tests.cluster.harness import Cluster
+from tests.cluster.harness import Cluster, EnvFileMember
 from tests.cluster.harness import agreed_leader as _leader
 from tests.cluster.harness import member_status as _status
-from tests.grpc_stubs import connect
+from tests.grpc_stubs import Stubs, connect
+
+T = TypeVar("T")
 
 ELECTION_S = 1.0  # etcd's default --election-timeout
 
 
-def test_three_members_from_env_files(cluster):
+def test_three_members_from_env_files(cluster: Cluster) -> None:
     eps = ",".join(cluster.endpoints)
-    def names():
+    def names() -> list[str] | None:
         listed = json.loads(etcdctl(cluster.members[0], "member", "list", "-w", "json").stdout)
         got = sorted(m.get("name", "") for m in listed["members"])
         return got if all(got) else None
@@ -82,22 +87,22 @@ class _Load:
         return self.acked
 
 
-def _converged(cluster: Cluster):
+def _converged(cluster: Cluster) -> int | None:
     """All members at the same applied index with equal HashKV at the same revision."""
-    statuses = [_status(m.endpoint) for m in cluster.members]
-    if any(s is None for s in statuses):
+    statuses = [st for m in cluster.members if (st := _status(m.endpoint)) is not None]
+    if len(statuses) != len(cluster.members):
         return None
     if len({s.raftAppliedIndex for s in statuses}) != 1:
         return None
-    rev = statuses[0].header.revision
-    hashes = set()
+    rev: int = statuses[0].header.revision
+    hashes: set[int] = set()
     for m in cluster.members:
         with connect(m.endpoint) as s:
             hashes.add(s.maintenance.HashKV(rpc_pb2.HashKVRequest(revision=rev), timeout=5).hash)
     return rev if len(hashes) == 1 else None
 
 
-def test_leader_sigkill_under_write_load(cluster):
+def test_leader_sigkill_under_write_load(cluster: Cluster) -> None:
     leader = poll(lambda: _leader(cluster), 10, "a leader")
     load = _Load(cluster.endpoints)
     poll(lambda: load.count() >= 200, 30, "writes before the kill")
@@ -119,7 +124,7 @@ def test_leader_sigkill_under_write_load(cluster):
         assert not missing, f"{m.name} lost {len(missing)} acknowledged puts"
 
 
-def test_paused_leader_serves_no_stale_read(cluster):
+def test_paused_leader_serves_no_stale_read(cluster: Cluster) -> None:
     leader = poll(lambda: _leader(cluster), 10, "a leader")
     with connect(leader.endpoint) as s:
         s.kv.Put(rpc_pb2.PutRequest(key=b"x", value=b"old"), timeout=5)
@@ -134,16 +139,17 @@ def test_paused_leader_serves_no_stale_read(cluster):
     # The old leader wakes up believing it leads; a linearizable read through it must see
     # the new value or fail, never return the old one.
     with connect(leader.endpoint) as s:
-        def read():
+        def read() -> bytes | None:
             try:
-                return s.kv.Range(rpc_pb2.RangeRequest(key=b"x"), timeout=3).kvs[0].value
+                resp: rpc_pb2.RangeResponse = s.kv.Range(rpc_pb2.RangeRequest(key=b"x"), timeout=3)
+                return resp.kvs[0].value
             except grpc.RpcError:
                 return None
         value = poll(read, 20, "a linearizable read through the resumed member")
     assert value == b"new"
 
 
-def test_leases_through_followers(cluster):
+def test_leases_through_followers(cluster: Cluster) -> None:
     import time
 
     leader = poll(lambda: _leader(cluster), 10, "a leader")
@@ -153,9 +159,9 @@ def test_leases_through_followers(cluster):
         s1.kv.Put(rpc_pb2.PutRequest(key=b"leased", value=b"v", lease=grant.ID), timeout=5)
         # Keepalives sent to a follower reach the leader's lessor: the key outlives its TTL.
         deadline = time.monotonic() + 6
-        responses = []
+        responses: list[int] = []
 
-        def keepalives():
+        def keepalives() -> Iterator[rpc_pb2.LeaseKeepAliveRequest]:
             while time.monotonic() < deadline:
                 yield rpc_pb2.LeaseKeepAliveRequest(ID=grant.ID)
                 time.sleep(0.5)  # the client's keepalive cadence, not synchronisation
@@ -168,17 +174,22 @@ def test_leases_through_followers(cluster):
         assert 0 < ttl.TTL <= 3 and ttl.grantedTTL == 3
         # Without keepalives the leader expires it; every member sees the key go.
         for s in (s1, s2):
-            poll(lambda s=s: s.kv.Range(rpc_pb2.RangeRequest(key=b"leased"), timeout=5).count
-                 == 0, 10, "lease expiry")
+            def gone(s: Stubs = s) -> bool:
+                got: rpc_pb2.RangeResponse = s.kv.Range(rpc_pb2.RangeRequest(key=b"leased"),
+                                                        timeout=5)
+                return got.count == 0
+
+            poll(gone, 10, "lease expiry")
         ttl = s2.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=grant.ID), timeout=5)
         assert ttl.TTL == -1
 
 
-def test_member_remove_update_and_move_leader(cluster):
+def test_member_remove_update_and_move_leader(cluster: Cluster) -> None:
     leader = poll(lambda: _leader(cluster), 10, "a leader")
     followers = [m for m in cluster.members if m is not leader]
     with connect(leader.endpoint) as s:
-        def published():  # names appear once each member published its attributes
+        # names appear once each member published its attributes
+        def published() -> dict[str, int] | None:
             ms = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=5).members
             return {m.name: m.ID for m in ms} if all(m.name for m in ms) else None
         ids = poll(published, 10, "every member's name")
@@ -188,7 +199,7 @@ def test_member_remove_update_and_move_leader(cluster):
                                  timeout=15)
     assert poll(lambda: _leader(cluster), 10, "the new leader") is target
     with connect(leader.endpoint) as s:
-        code = None
+        code: tuple[grpc.StatusCode, str] | None = None
         try:
             s.maintenance.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=ids[leader.name]),
                                      timeout=5)
@@ -227,7 +238,7 @@ def test_member_remove_update_and_move_leader(cluster):
     assert listed[leader.name] == [new_url]
 
 
-def test_stopped_follower_catches_up_by_snapshot(tmp_path):
+def test_stopped_follower_catches_up_by_snapshot(tmp_path: Path) -> None:
     # Compact the raft log every 50 entries, keeping 10: a follower that misses a few
     # hundred writes can only catch up from a snapshot of the leader's backend.
     c = Cluster(tmp_path, 3, extra_env={"ETCD_SNAPSHOT_COUNT": "50",
@@ -273,9 +284,11 @@ def test_stopped_follower_catches_up_by_snapshot(tmp_path):
         c.close()
 
 
-def test_learner_joins_catches_up_is_promoted_and_old_member_removed(cluster, tmp_path):
+def test_learner_joins_catches_up_is_promoted_and_old_member_removed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     from devkit.harness import free_port
-    from tests.cluster.harness import EnvFileMember, read_env_file, write_env_file
+    from tests.cluster.harness import read_env_file, write_env_file
 
     leader = poll(lambda: _leader(cluster), 10, "a leader")
     load = _Load(cluster.endpoints, writers=2)
@@ -316,7 +329,7 @@ def test_learner_joins_catches_up_is_promoted_and_old_member_removed(cluster, tm
     try:
         newcomer.spawn()
 
-        def caught_up():
+        def caught_up() -> bool:
             st = _status(newcomer.endpoint)
             lead = _status(leader.endpoint)
             return st is not None and lead is not None and st.isLearner and (
@@ -328,7 +341,9 @@ def test_learner_joins_catches_up_is_promoted_and_old_member_removed(cluster, tm
                 rpc_pb2.MemberPromoteRequest(ID=new_id), timeout=10)), 20, "promotion")
             assert not [m for m in promoted.members if m.ID == new_id][0].isLearner
             old = next(m for m in cluster.members if m is not leader)
-            old_id = _status(old.endpoint).header.member_id
+            old_status = _status(old.endpoint)
+            assert old_status is not None
+            old_id = old_status.header.member_id
             s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=old_id), timeout=15)
         poll(lambda: not old.is_running(), 15, "the removed member to stop")
         before = load.count()
@@ -345,14 +360,14 @@ def test_learner_joins_catches_up_is_promoted_and_old_member_removed(cluster, tm
         newcomer.close()
 
 
-def _try(fn):
+def _try(fn: Callable[[], T]) -> T | None:
     try:
         return fn()
     except grpc.RpcError:
         return None
 
 
-def _rewrite_env(member, **changes):
+def _rewrite_env(member: EnvFileMember, **changes: str) -> None:
     from tests.cluster.harness import read_env_file, write_env_file
 
     env = read_env_file(member.env_file)
@@ -360,7 +375,9 @@ def _rewrite_env(member, **changes):
     write_env_file(member.env_file, env)
 
 
-def test_wrong_token_and_foreign_data_are_refused_by_peers(cluster, tmp_path):
+def test_wrong_token_and_foreign_data_are_refused_by_peers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     import shutil
 
     poll(lambda: _leader(cluster), 10, "a leader")
@@ -395,7 +412,7 @@ def test_wrong_token_and_foreign_data_are_refused_by_peers(cluster, tmp_path):
             b"serving")
 
 
-def test_crash_right_after_snapshot_install_restarts(tmp_path):
+def test_crash_right_after_snapshot_install_restarts(tmp_path: Path) -> None:
     # Writes continue while the follower fetches the snapshot, so the leader's database copy
     # is newer than its last raft snapshot; the follower crashes the moment it installed it.
     c = Cluster(tmp_path, 3, extra_env={"ETCD_SNAPSHOT_COUNT": "50",
@@ -411,6 +428,7 @@ def test_crash_right_after_snapshot_install_restarts(tmp_path):
         load = _Load([leader.endpoint], writers=2)
         _rewrite_env(victim, CONCH_FAILPOINTS="afterSnapshotInstall=panic")
         victim.spawn()
+        assert victim.proc is not None
         assert victim.proc.wait(60) == 3, victim.log_tail(30)
         assert "installed snapshot" in victim.log_tail(60)
         _rewrite_env(victim, CONCH_FAILPOINTS="")

@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +30,7 @@ SEED_CONF_KEYS = (
     "ETCD_INITIAL_ADVERTISE_PEER_URLS", "ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_CLUSTER",
     "ETCD_INITIAL_CLUSTER_STATE",
 )  # fmt: skip
-SEED_UNIT = {
+SEED_UNIT: dict[str, dict[str, str | None]] = {
     "Unit": {"Description": None, "After": "network.target"},
     "Service": {
         "Type": "simple", "WorkingDirectory": None,
@@ -111,7 +113,7 @@ def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
-def test_environment_file_parser_follows_systemd():
+def test_environment_file_parser_follows_systemd() -> None:
     env = parse_environment_file(
         '# c\n; c\nA=1\nB="x,y z"\n  C = \'q"\' \nD="a\\"b"\nE=one\\\ntwo\n'
     )
@@ -121,7 +123,7 @@ def test_environment_file_parser_follows_systemd():
 # --------------------------------------------------------------------------- (a) conf example
 
 
-def test_conf_example_loads_as_three_member_cluster():
+def test_conf_example_loads_as_three_member_cluster() -> None:
     env = parse_environment_file((DEPLOY / "conch.conf.example").read_text())
     for key in SEED_CONF_KEYS + ("ETCD_INITIAL_CLUSTER_TOKEN",):
         assert key in env, f"{key} missing from conch.conf.example"
@@ -144,7 +146,7 @@ def test_conf_example_loads_as_three_member_cluster():
 # --------------------------------------------------------------------------- (b) unit file
 
 
-def test_unit_file_has_the_seed_keys():
+def test_unit_file_has_the_seed_keys() -> None:
     unit = parse_unit((DEPLOY / "systemd" / "conch.service").read_text())
     for section, keys in SEED_UNIT.items():
         assert section in unit, f"[{section}] missing"
@@ -236,7 +238,7 @@ class _Script:
         return [f"http://127.0.0.1:{self.base + off}" for off in (0, 2 * STEP, 3 * STEP)]
 
     def member_pids(self) -> dict[str, int]:
-        pids = {}
+        pids: dict[str, int] = {}
         with self._lock:
             for line in self.lines:
                 if line.startswith("local_cluster: started "):
@@ -260,7 +262,7 @@ class _Script:
 
 
 @pytest.fixture
-def local_cluster(tmp_path, needs_etcd):
+def local_cluster(tmp_path: Path, needs_etcd: None) -> Iterator[_Script]:
     script = _Script(tmp_path / "cluster.conch")
     try:
         yield script
@@ -268,7 +270,7 @@ def local_cluster(tmp_path, needs_etcd):
         script.close()
 
 
-def _cluster_status(script: _Script) -> list[dict] | None:
+def _cluster_status(script: _Script) -> list[dict[str, Any]] | None:
     """`etcdctl endpoint status --cluster` when it shows three members and one leader."""
     if script.proc.poll() is not None:
         raise AssertionError(f"local_cluster.py exited early:\n{script.output()}")
@@ -279,7 +281,7 @@ def _cluster_status(script: _Script) -> list[dict] | None:
         return None
     if out.returncode != 0:
         return None
-    statuses = json.loads(out.stdout)
+    statuses: list[dict[str, Any]] = json.loads(out.stdout)
     ids = {s["Status"]["header"]["member_id"] for s in statuses}
     leaders = {s["Status"]["leader"] for s in statuses}
     if len(statuses) != 3 or len(ids) != 3 or len(leaders) != 1 or not leaders <= ids:
@@ -288,12 +290,14 @@ def _cluster_status(script: _Script) -> list[dict] | None:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_make_cluster_script_runs_three_members_and_stops_on_signal(local_cluster, stop):
+def test_make_cluster_script_runs_three_members_and_stops_on_signal(
+    local_cluster: _Script, stop: signal.Signals
+) -> None:
     script = local_cluster
     statuses = poll(lambda: _cluster_status(script), 60, "three members and one leader",
                     interval=0.2)
     assert sorted(s["Endpoint"] for s in statuses) == sorted(script.endpoints)
-    pids = poll(lambda: (p := script.member_pids()) and len(p) == 3 and p, 10, "member pids")
+    pids = poll(lambda: p if len(p := script.member_pids()) == 3 else None, 10, "member pids")
     assert set(pids) == {"infra1", "infra2", "infra3"}
 
     assert etcdctl(script.endpoints[1], "put", "deploy", "files", timeout=10).returncode == 0
@@ -315,7 +319,7 @@ def test_make_cluster_script_runs_three_members_and_stops_on_signal(local_cluste
         assert f"local_cluster: {name} (pid {pid}) stopped: killed by SIGTERM" in script.output()
 
 
-def test_make_cluster_script_fails_when_a_member_dies(local_cluster):
+def test_make_cluster_script_fails_when_a_member_dies(local_cluster: _Script) -> None:
     script = local_cluster
     poll(lambda: _cluster_status(script), 60, "three members and one leader", interval=0.2)
     pids = script.member_pids()
@@ -330,7 +334,7 @@ def test_make_cluster_script_fails_when_a_member_dies(local_cluster):
     )
 
 
-def test_local_cluster_script_refuses_ports_out_of_range():
+def test_local_cluster_script_refuses_ports_out_of_range() -> None:
     out = subprocess.run([sys.executable, str(SCRIPT), "--base-port", "40000"],
                          capture_output=True, text=True, timeout=30, env=clean_env())
     assert out.returncode == 2 and "--port-step" in out.stderr

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from devkit.harness import etcdctl, free_port
 from devkit.polling import poll
+from tests.cluster.harness import Cluster
 
 
-def _ctl(cluster, *args):
+def _ctl(cluster: Cluster, *args: str) -> str:
     out = etcdctl(",".join(cluster.endpoints), *args)
     assert out.returncode == 0, (args, out.stdout, out.stderr)
-    return out.stdout
+    stdout: str = out.stdout
+    return stdout
 
 
-def _status(cluster):
-    return json.loads(_ctl(cluster, "endpoint", "status", "--cluster", "-w", "json"))
+def _status(cluster: Cluster) -> list[dict[str, Any]]:
+    statuses: list[dict[str, Any]] = json.loads(
+        _ctl(cluster, "endpoint", "status", "--cluster", "-w", "json"))
+    return statuses
 
 
-def test_operator_commands(cluster):
+def test_operator_commands(cluster: Cluster) -> None:
     statuses = poll(lambda: [s for s in _status(cluster) if s["Status"]["leader"]] or None,
                     10, "a leader")
     leader_id = statuses[0]["Status"]["leader"]

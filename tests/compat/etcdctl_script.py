@@ -24,6 +24,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import IO
 
 from devkit import harness
 
@@ -119,7 +120,7 @@ class WatchProc:
         self.t_out.start()
         self.t_err.start()
 
-    def _pump(self, stream, is_out: bool) -> None:
+    def _pump(self, stream: IO[str], is_out: bool) -> None:
         for line in stream:
             if is_out:
                 self.q.put(line)

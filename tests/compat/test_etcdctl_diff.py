@@ -23,13 +23,17 @@ the first lease granted in that run.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from etcdctl_script import (
+
+from devkit.harness import ServerProcess
+from tests.compat.etcdctl_script import (
     UNKNOWN_LEASE,
     Cmd,
     Step,
+    Transcript,
     Watch,
     WatchCollect,
     WatchStart,
@@ -345,7 +349,7 @@ GROUPS: dict[str, list[Step]] = {
 # --------------------------------------------------------------------------- tests
 
 
-def _save(group: str, *transcripts) -> None:
+def _save(group: str, *transcripts: Transcript) -> None:
     out = os.environ.get("CONCH_DIFF_DIR")
     if not out:
         return
@@ -354,7 +358,9 @@ def _save(group: str, *transcripts) -> None:
         Path(out, f"{group}.{i}.{tr.kind}.txt").write_text(dump(tr))
 
 
-def _run_pair(server_factory, group: str, kind_a: str, kind_b: str):
+def _run_pair(
+    server_factory: Callable[..., ServerProcess], group: str, kind_a: str, kind_b: str
+) -> tuple[Transcript, Transcript]:
     # start both first (their startups overlap), then run the script on each in turn
     # same member name, and conch gets etcd's peer/cluster flags too, so `member list`
     # and friends are comparable
@@ -377,7 +383,7 @@ def _run_pair(server_factory, group: str, kind_a: str, kind_b: str):
 
 @pytest.mark.etcd
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_selfcheck_etcd_vs_etcd(server_factory, group: str) -> None:
+def test_selfcheck_etcd_vs_etcd(server_factory: Callable[..., ServerProcess], group: str) -> None:
     ta, tb = _run_pair(server_factory, group, "etcd", "etcd")
     report = compare(ta, tb)
     assert report is None, "normaliser leaves run-to-run noise:\n" + report
@@ -385,7 +391,7 @@ def test_selfcheck_etcd_vs_etcd(server_factory, group: str) -> None:
 
 @pytest.mark.etcd
 @pytest.mark.parametrize("group", list(GROUPS))
-def test_etcdctl_diff(server_factory, group: str) -> None:
+def test_etcdctl_diff(server_factory: Callable[..., ServerProcess], group: str) -> None:
     ta, tb = _run_pair(server_factory, group, "etcd", "conch")
     report = compare(ta, tb)
     assert report is None, report

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +32,7 @@ def test_restart_keeps_data(any_server: harness.ServerProcess, sig: int) -> None
     assert harness.etcdctl(any_server, "get", "k", "--print-value-only", timeout=10).stdout == "v\n"
 
 
-def test_kill_and_cleanup(server_factory) -> None:
+def test_kill_and_cleanup(server_factory: Callable[..., harness.ServerProcess]) -> None:
     srv = server_factory("etcd")
     assert srv.is_running()
     rc = srv.kill(signal.SIGKILL)
@@ -39,7 +41,7 @@ def test_kill_and_cleanup(server_factory) -> None:
     assert harness.probe(srv.endpoint, timeout=0.3) is not None
 
 
-def test_start_failure_shows_log(server_factory) -> None:
+def test_start_failure_shows_log(server_factory: Callable[..., harness.ServerProcess]) -> None:
     srv = server_factory("etcd", start=False, extra_args=["--no-such-flag"])
     with pytest.raises(harness.ServerStartError, match="exited with code"):
         srv.start(timeout=10)
@@ -47,7 +49,7 @@ def test_start_failure_shows_log(server_factory) -> None:
 
 
 @pytest.mark.etcd
-def test_context_manager(tmp_path) -> None:
+def test_context_manager(tmp_path: Path) -> None:
     with harness.EtcdProcess(base_dir=tmp_path) as srv:
         pid = srv.pid
         assert harness.probe(srv.endpoint) is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from etcdctl_script import Normaliser
+from tests.compat.etcdctl_script import Normaliser
 
 
 def test_small_lease_ids_do_not_clobber_revisions() -> None:

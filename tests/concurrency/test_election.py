@@ -3,9 +3,9 @@ observe (with "no leader"), timeouts and session expiry while campaigning."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
-from _threads import Bg, collect
-from conftest import MakeClient
 
 from conch.client import Client
 from conch.client.concurrency import (
@@ -17,6 +17,8 @@ from conch.client.concurrency import (
     WaitTimeout,
 )
 from devkit.polling import poll
+from tests.concurrency._threads import Bg, collect
+from tests.concurrency.conftest import MakeClient
 
 
 def keys_under(client: Client, prefix: str) -> list[bytes]:
@@ -47,8 +49,12 @@ def test_order_follows_create_revision_and_resign_hands_over(client: Client) -> 
         els[0].campaign("c0")
         waiters = []
         for i in (1, 2):
-            waiters.append(Bg(lambda i=i: els[i].campaign(f"c{i}", timeout=20)))
-            poll(lambda i=i: len(keys_under(client, "/order")) == i + 1, 5, f"candidate {i} key")
+            waiters.append(Bg(functools.partial(els[i].campaign, f"c{i}", timeout=20)))
+
+            def queued(i: int = i) -> bool:
+                return len(keys_under(client, "/order")) == i + 1
+
+            poll(queued, 5, f"candidate {i} key")
         assert els[0].leader().value == b"c0"
         assert not any(w.finished.is_set() for w in waiters)
         els[0].resign()
@@ -75,6 +81,7 @@ def test_proclaim_and_not_leader(client: Client, make_client: MakeClient) -> Non
         e.campaign("a")
         e.proclaim("b")
         assert e.leader().value == b"b"
+        assert e.key is not None  # set by campaign()
         make_client().delete(e.key)  # leadership lost behind our back
         with pytest.raises(NotLeader):
             e.proclaim("c")

@@ -6,12 +6,11 @@ etcdctl resign / unlock (its signal handler), i.e. it is killed the ordinary way
 
 from __future__ import annotations
 
-from _threads import Bg, collect
-from conftest import StartCtl
-
 from conch.client import Client
 from conch.client.concurrency import Election, Mutex, Session
 from devkit.polling import poll
+from tests.concurrency._threads import Bg, collect
+from tests.concurrency.conftest import StartCtl
 
 
 def _keys(client: Client, prefix: str) -> list[bytes]:

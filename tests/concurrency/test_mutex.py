@@ -4,12 +4,12 @@ unlock, session expiry while waiting."""
 from __future__ import annotations
 
 import pytest
-from _threads import Bg
-from conftest import MakeClient
 
 from conch.client import Client, Op
 from conch.client.concurrency import Locked, Mutex, Session, SessionExpired, WaitTimeout
 from devkit.polling import poll
+from tests.concurrency._threads import Bg
+from tests.concurrency.conftest import MakeClient
 
 
 def n_keys(client: Client, prefix: str) -> int:

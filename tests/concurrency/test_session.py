@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import MakeClient
 
 from conch.client import Client
 from conch.client.concurrency import Session, SessionExpired
 from devkit.polling import poll
+from tests.concurrency.conftest import MakeClient
 
 
 def test_grant_keepalive_and_expires_at(client: Client) -> None:

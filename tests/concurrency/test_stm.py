@@ -3,11 +3,10 @@ levels that guard reads; ReadCommitted's documented lost update; prefetch, rev, 
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
-from _threads import Bg
-from conftest import MakeClient
 
 from conch.client import Client
 from conch.client.concurrency import (
@@ -19,6 +18,8 @@ from conch.client.concurrency import (
     STMConflict,
     stm,
 )
+from tests.concurrency._threads import Bg
+from tests.concurrency.conftest import MakeClient
 
 ACCOUNTS = [f"/acct/{i}" for i in range(4)]
 
@@ -50,7 +51,7 @@ def test_concurrent_transfers_keep_total(make_client: MakeClient, iso: Isolation
             stm(c, transfer, iso, max_attempts=200)
         return attempts
 
-    workers = [Bg(lambda seed=seed: worker(seed)) for seed in range(4)]
+    workers = [Bg(functools.partial(worker, seed)) for seed in range(4)]
     attempts = sum(w.join(120) for w in workers)
     total = sum(int(setup.get(k).kvs[0].value) for k in ACCOUNTS)
     assert total == 400

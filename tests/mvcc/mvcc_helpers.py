@@ -56,7 +56,9 @@ class Harness:
             _, evs = self.store.put(t, pb.PutRequest(key=key, value=value, **kw))  # type: ignore[arg-type]
         return evs
 
-    def delete(self, key: bytes, range_end: bytes = b"", prev_kv: bool = False):  # type: ignore[no-untyped-def]
+    def delete(
+        self, key: bytes, range_end: bytes = b"", prev_kv: bool = False
+    ) -> tuple[pb.DeleteRangeResponse, list[Event]]:
         with self.backend.write() as t:
             return self.store.delete_range(
                 t, pb.DeleteRangeRequest(key=key, range_end=range_end, prev_kv=prev_kv)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from mvcc_helpers import Harness, kv  # type: ignore[import-not-found]
-from txn_cases import dele, put, txn  # type: ignore[import-not-found]
 
+from conch.backend.schema import META_FINISHED_COMPACT, META_SCHEDULED_COMPACT
 from conch.errors import ErrCompacted, ErrFutureRev, EtcdError
-from conch.mvcc.kvstore import META_FINISHED_COMPACT, META_SCHEDULED_COMPACT
 from conch.proto.etcdserverpb import rpc_pb2 as pb
+from tests.mvcc.mvcc_helpers import Harness, kv
+from tests.mvcc.txn_cases import dele, put, txn
 
 
 def feed_golden(h: Harness) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from mvcc_helpers import Harness, kv  # type: ignore[import-not-found]
 
 from conch.errors import (
     ErrCompacted,
@@ -16,6 +15,7 @@ from conch.errors import (
 )
 from conch.proto.etcdserverpb import rpc_pb2 as pb
 from conch.proto.mvccpb.kv_pb2 import Event
+from tests.mvcc.mvcc_helpers import Harness, kv
 
 PUT, DELETE = Event.PUT, Event.DELETE
 
@@ -153,7 +153,7 @@ def test_put_prev_kv_ignore_value_ignore_lease(h: Harness) -> None:
     assert h.leases.keys == {1: set(), 2: {b"a"}}
     for kw in ({"ignore_value": True}, {"ignore_lease": True}):
         with pytest.raises(EtcdError) as ei:
-            h.put(b"missing", **kw)
+            h.put(b"missing", b"", **kw)
         assert ei.value == ErrKeyNotFound
     with pytest.raises(EtcdError) as ei:
         h.put(b"a", b"x", lease=99)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from mvcc_helpers import Harness  # type: ignore[import-not-found]
-
 from conch.errors import ErrCompacted, ErrFutureRev, EtcdError
 from conch.mvcc import check_txn
 from conch.proto.etcdserverpb import rpc_pb2 as pb
 from conch.proto.mvccpb.kv_pb2 import Event
+from tests.mvcc.mvcc_helpers import Harness
 
 KV = tuple[bytes, bytes, int, int, int, int]  # key, value, create, mod, version, lease
 PUT, DELETE = Event.PUT, Event.DELETE
@@ -111,8 +110,8 @@ def check_range(h: Harness, m: Model, rnd: random.Random) -> None:
         range_end=end,
         revision=rev,
         limit=limit,
-        sort_order=order,
-        sort_target=target,
+        sort_order=order,  # type: ignore[arg-type]  # protoc stub: enum fields take plain ints too
+        sort_target=target,  # type: ignore[arg-type]  # protoc stub: enum fields take plain ints too
         min_mod_revision=mn,
         keys_only=rnd.random() < 0.2,
     )
@@ -144,7 +143,7 @@ def check_range(h: Harness, m: Model, rnd: random.Random) -> None:
         expect = filtered[:limit] if limit else filtered
         assert got == expect
     else:
-        vals = sorted(x[col] for x in filtered)  # type: ignore[type-var]
+        vals = sorted(x[col] for x in filtered)
         if eff_order == 2:
             vals.reverse()
         if limit:
@@ -174,19 +173,24 @@ def test_random_against_model(h: Harness) -> None:
             w = Writer(m)
             n = w.delete(key, end)
             with h.backend.write() as t:
-                resp, evs = h.store.delete_range(
+                dresp, evs = h.store.delete_range(
                     t, pb.DeleteRangeRequest(key=key, range_end=end, prev_kv=True)
                 )
             before = m.rev
             w.commit()
-            assert resp.deleted == n and len(resp.prev_kvs) == n
+            assert dresp.deleted == n and len(dresp.prev_kvs) == n
             assert m.rev == before + (1 if n else 0) == h.rev()
             assert [(e.type, e.kv.key, e.kv.mod_revision) for e in evs] == [
                 (DELETE, k, m.rev) for _, k, _ in w.changes
             ]
         elif x < 0.70:
             k1, k2 = rkey(rnd), rkey(rnd)
-            cmp = C(key=k1, target=C.VERSION, result=rnd.randint(0, 3), version=rnd.randint(0, 2))
+            cmp = C(
+                key=k1,
+                target=C.VERSION,
+                result=rnd.randint(0, 3),  # type: ignore[arg-type]  # protoc stub: enum takes int
+                version=rnd.randint(0, 2),
+            )
             succ = [
                 pb.RequestOp(request_put=pb.PutRequest(key=k1, value=b"s%d" % step)),
                 pb.RequestOp(request_range=pb.RangeRequest(key=b"\x00", range_end=b"\x00")),
@@ -200,8 +204,8 @@ def test_random_against_model(h: Harness) -> None:
                 continue
             cur = m.live(m.rev).get(k1)
             ver = cur[4] if cur else 0
-            r, want = cmp.result, cmp.version
-            ok = [ver == want, ver > want, ver < want, ver != want][r]
+            res, want = cmp.result, cmp.version
+            ok = [ver == want, ver > want, ver < want, ver != want][res]
             w = Writer(m)
             seen: list[KV] = []
             if ok:
@@ -211,11 +215,11 @@ def test_random_against_model(h: Harness) -> None:
             else:
                 w.put(k2, b"f%d" % step, 0)
             with h.backend.write() as t:
-                resp, evs = h.store.txn(t, req)
+                tresp, evs = h.store.txn(t, req)
             w.commit()
-            assert resp.succeeded == ok and resp.header.revision == m.rev == h.rev()
+            assert tresp.succeeded == ok and tresp.header.revision == m.rev == h.rev()
             if ok:
-                got = [tup(x) for x in resp.responses[1].response_range.kvs]
+                got = [tup(x) for x in tresp.responses[1].response_range.kvs]
                 assert got == seen
             assert [(e.type, e.kv.key) for e in evs] == [(t_, k) for t_, k, _ in w.changes]
         elif x < 0.73 and m.rev > 2:

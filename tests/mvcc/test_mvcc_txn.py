@@ -6,8 +6,6 @@ real etcd over gRPC."""
 from __future__ import annotations
 
 import pytest
-from mvcc_helpers import Harness, kv  # type: ignore[import-not-found]
-from txn_cases import CASES, dele, nested, put, rng, txn  # type: ignore[import-not-found]
 
 from conch.errors import (
     ErrCompacted,
@@ -29,6 +27,8 @@ from conch.mvcc import (
 )
 from conch.proto.etcdserverpb import rpc_pb2 as pb
 from conch.proto.mvccpb.kv_pb2 import Event
+from tests.mvcc.mvcc_helpers import Harness, kv
+from tests.mvcc.txn_cases import CASES, dele, nested, put, rng, txn
 
 C = pb.Compare
 PUT, DELETE = Event.PUT, Event.DELETE
@@ -59,9 +59,13 @@ def test_check_single_requests() -> None:
         return None
 
     assert e(check_range, pb.RangeRequest()) == ErrEmptyKey.message
-    assert e(check_range, pb.RangeRequest(key=b"a", sort_order=3)) == ErrInvalidSortOption.message
-    assert e(check_range, pb.RangeRequest(key=b"a", sort_target=5)) == ErrInvalidSortOption.message
-    assert e(check_range, pb.RangeRequest(key=b"a", sort_order=2, sort_target=4)) is None
+    bad_order = pb.RangeRequest(key=b"a", sort_order=3)  # type: ignore[arg-type]  # invalid on purpose
+    bad_target = pb.RangeRequest(key=b"a", sort_target=5)  # type: ignore[arg-type]  # invalid on purpose
+    assert e(check_range, bad_order) == ErrInvalidSortOption.message
+    assert e(check_range, bad_target) == ErrInvalidSortOption.message
+    ok_sort = pb.RangeRequest(key=b"a", sort_order=pb.RangeRequest.DESCEND,
+                              sort_target=pb.RangeRequest.VALUE)
+    assert e(check_range, ok_sort) is None
     assert e(check_put, pb.PutRequest()) == ErrEmptyKey.message
     assert e(check_put, pb.PutRequest(key=b"a", value=b"v", ignore_value=True)) == (
         ErrValueProvided.message
@@ -120,7 +124,7 @@ def test_compare_int_targets(kvs: Harness, target: int, field: str, have: int) -
 
 
 def test_compare_value(kvs: Harness) -> None:
-    def c(result: int, v: bytes, key: bytes = b"a") -> pb.Compare:
+    def c(result: pb.Compare.CompareResult, v: bytes, key: bytes = b"a") -> pb.Compare:
         return C(key=key, target=C.VALUE, result=result, value=v)
 
     assert succeeded(kvs, c(EQ, b"11"))

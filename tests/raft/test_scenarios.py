@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,7 +78,7 @@ class Interpreter:
 
     def cmd_cluster(self, *kv: str) -> str:
         opts = dict(x.split("=", 1) for x in kv)
-        kw: dict[str, object] = {
+        kw: dict[str, Any] = {  # Config options of different types
             "pre_vote": opts.get("pre_vote", "1") == "1",
             "check_quorum": opts.get("check_quorum", "1") == "1",
             "election_tick": int(opts.get("election", "10")),

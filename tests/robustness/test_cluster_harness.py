@@ -21,15 +21,15 @@ import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
 from devkit.harness import etcd_binary, require_etcd
-from devkit.robustness.cluster import Cluster, ClusterSpec
+from devkit.robustness.cluster import Cluster, ClusterSpec, Target
 from tests.grpc_stubs import connect
 
 T = TypeVar("T")
 
 
 @pytest.fixture(params=["conch", "etcd"])
-def target(request: pytest.FixtureRequest) -> str:
-    t: str = request.param
+def target(request: pytest.FixtureRequest) -> Target:
+    t: Target = request.param
     if t == "etcd" and etcd_binary() is None:
         msg = "etcd not found (PATH, $CONCH_ETCD_BIN or $ETCD_BIN)"
         if require_etcd():
@@ -39,7 +39,7 @@ def target(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def cluster(target: str, tmp_path: Path) -> Iterator[Cluster]:
+def cluster(target: Target, tmp_path: Path) -> Iterator[Cluster]:
     with Cluster(ClusterSpec(target), tmp_path / target) as c:
         yield c
         print("\nfaults:\n  " + "\n  ".join(c.faults()))

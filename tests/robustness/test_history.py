@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import threading
 
-from robustutil import random_history
-
 from devkit.robustness import check_all
 from devkit.robustness.history import (
     KV,
@@ -23,6 +21,7 @@ from devkit.robustness.history import (
     WatchRequest,
     WatchResponse,
 )
+from tests.robustness.robustutil import random_history
 
 
 def test_recorder_outcomes_and_jsonl_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -10,8 +10,6 @@ import random
 import time
 from pathlib import Path
 
-from robustutil import B
-
 from devkit.robustness import linearizability
 from devkit.robustness.history import (
     KV,
@@ -23,6 +21,7 @@ from devkit.robustness.history import (
     Range,
     Response,
 )
+from tests.robustness.robustutil import B
 
 
 def expiry_history(n_leases: int, seed: int = 1, *, stale_read: bool = False) -> B:

@@ -3,8 +3,6 @@ and non-obvious orders) pass."""
 
 from __future__ import annotations
 
-from robustutil import B
-
 from devkit.robustness import linearizability
 from devkit.robustness.history import (
     KV,
@@ -19,6 +17,7 @@ from devkit.robustness.history import (
     Txn,
 )
 from devkit.robustness.report import CheckResult
+from tests.robustness.robustutil import B
 
 
 def lin(b: B) -> CheckResult:

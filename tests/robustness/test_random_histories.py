@@ -7,7 +7,6 @@ import random
 from dataclasses import replace
 
 import pytest
-from robustutil import random_history
 
 from devkit.robustness import check_all, linearizability, set_check, watch
 from devkit.robustness.history import (
@@ -21,6 +20,7 @@ from devkit.robustness.history import (
     WatchRecord,
 )
 from devkit.robustness.watch import build_log
+from tests.robustness.robustutil import random_history
 
 SEEDS = range(120)
 

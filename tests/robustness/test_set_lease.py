@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from robustutil import B, ev_put, wresp
-
 from devkit.robustness import lease_check, set_check
 from devkit.robustness.history import (
     KV,
@@ -15,6 +13,7 @@ from devkit.robustness.history import (
     Response,
     WatchRequest,
 )
+from tests.robustness.robustutil import B, ev_put, wresp
 
 
 def final(b: B, t: int, rev: int, *kvs: KV) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from robustutil import B, ev_del, ev_put, wresp
-
 from devkit.robustness import watch
 from devkit.robustness.history import KV, Delete, Response, WatchRequest, WatchResponse
+from tests.robustness.robustutil import B, ev_del, ev_put, wresp
 
 
 def base() -> B:

@@ -5,11 +5,14 @@ message are etcd's, so the same assertion holds for etcd and must hold for conch
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
-from tests.grpc_stubs import connect, rpc_error
+from devkit.harness import ServerProcess
+from tests.grpc_stubs import Stubs, connect, rpc_error
 
 C = grpc.StatusCode
 
@@ -19,12 +22,12 @@ def _op_put(key: bytes, value: bytes = b"v") -> rpc_pb2.RequestOp:
 
 
 @pytest.fixture
-def stubs(any_server):
+def stubs(any_server: ServerProcess) -> Iterator[Stubs]:
     with connect(any_server.endpoint) as s:
         yield s
 
 
-def test_empty_key(stubs):
+def test_empty_key(stubs: Stubs) -> None:
     assert rpc_error(stubs.kv.Put, rpc_pb2.PutRequest(key=b"", value=b"v")) == (
         C.INVALID_ARGUMENT, "etcdserver: key is not provided")
     assert rpc_error(stubs.kv.Range, rpc_pb2.RangeRequest(key=b"")) == (
@@ -33,7 +36,7 @@ def test_empty_key(stubs):
         C.INVALID_ARGUMENT, "etcdserver: key is not provided")
 
 
-def test_too_many_txn_ops_is_per_list(stubs):
+def test_too_many_txn_ops_is_per_list(stubs: Stubs) -> None:
     # 128 puts in success and 128 in failure is allowed (the limit is per list) ...
     ok = rpc_pb2.TxnRequest(
         success=[_op_put(b"s%d" % i) for i in range(128)],
@@ -46,13 +49,13 @@ def test_too_many_txn_ops_is_per_list(stubs):
         C.INVALID_ARGUMENT, "etcdserver: too many operations in txn request")
 
 
-def test_duplicate_key_in_txn(stubs):
+def test_duplicate_key_in_txn(stubs: Stubs) -> None:
     req = rpc_pb2.TxnRequest(success=[_op_put(b"a"), _op_put(b"a")])
     assert rpc_error(stubs.kv.Txn, req) == (
         C.INVALID_ARGUMENT, "etcdserver: duplicate key given in txn request")
 
 
-def test_unknown_lease(stubs):
+def test_unknown_lease(stubs: Stubs) -> None:
     assert rpc_error(stubs.kv.Put, rpc_pb2.PutRequest(key=b"k", value=b"v", lease=12345)) == (
         C.NOT_FOUND, "etcdserver: requested lease not found")
     assert rpc_error(stubs.lease.LeaseRevoke, rpc_pb2.LeaseRevokeRequest(ID=12345)) == (
@@ -66,7 +69,7 @@ def test_unknown_lease(stubs):
     assert stubs.kv.Range(rpc_pb2.RangeRequest(key=b"t1"), timeout=10).count == 0
 
 
-def test_future_and_compacted_revision(stubs):
+def test_future_and_compacted_revision(stubs: Stubs) -> None:
     for i in range(5):
         stubs.kv.Put(rpc_pb2.PutRequest(key=b"k", value=b"%d" % i), timeout=10)
     cur = stubs.kv.Range(rpc_pb2.RangeRequest(key=b"k"), timeout=10).header.revision
@@ -84,17 +87,19 @@ def test_future_and_compacted_revision(stubs):
         C.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 
 
-def test_invalid_sort_option(conch_server):
+def test_invalid_sort_option(conch_server: ServerProcess) -> None:
     # etcd 3.5 rejects unknown sort enums (v3rpc/key.go checkRangeRequest); the reference
     # etcd 3.4 here predates that check and ignores them, so this case is conch-only.
     stubs = connect(conch_server.endpoint)
-    assert rpc_error(stubs.kv.Range, rpc_pb2.RangeRequest(key=b"k", sort_order=7)) == (
+    bad_order = rpc_pb2.RangeRequest(key=b"k", sort_order=7)  # type: ignore[arg-type]  # invalid on purpose
+    bad_target = rpc_pb2.RangeRequest(key=b"k", sort_target=9)  # type: ignore[arg-type]  # invalid on purpose
+    assert rpc_error(stubs.kv.Range, bad_order) == (
         C.INVALID_ARGUMENT, "etcdserver: invalid sort option")
-    assert rpc_error(stubs.kv.Range, rpc_pb2.RangeRequest(key=b"k", sort_target=9)) == (
+    assert rpc_error(stubs.kv.Range, bad_target) == (
         C.INVALID_ARGUMENT, "etcdserver: invalid sort option")
 
 
-def test_ignore_value_and_lease_rules(stubs):
+def test_ignore_value_and_lease_rules(stubs: Stubs) -> None:
     assert rpc_error(stubs.kv.Put, rpc_pb2.PutRequest(key=b"nokey", ignore_value=True)) == (
         C.INVALID_ARGUMENT, "etcdserver: key not found")
     assert rpc_error(
@@ -105,7 +110,7 @@ def test_ignore_value_and_lease_rules(stubs):
     ) == (C.INVALID_ARGUMENT, "etcdserver: lease is provided")
 
 
-def test_lease_ttl_too_large_and_exists(stubs):
+def test_lease_ttl_too_large_and_exists(stubs: Stubs) -> None:
     assert rpc_error(stubs.lease.LeaseGrant, rpc_pb2.LeaseGrantRequest(TTL=9_000_000_001)) == (
         C.OUT_OF_RANGE, "etcdserver: too large lease TTL")
     stubs.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60, ID=4242), timeout=10)
@@ -117,7 +122,7 @@ def test_lease_ttl_too_large_and_exists(stubs):
 
 
 @pytest.mark.parametrize("server_kind", ["etcd", "conch"])
-def test_request_too_large(server_kind, server_factory):
+def test_request_too_large(server_kind: str, server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory(server_kind, extra_args=["--max-request-bytes", "1024"])
     with connect(srv.endpoint) as s:
         s.kv.Put(rpc_pb2.PutRequest(key=b"small", value=b"x" * 100), timeout=10)

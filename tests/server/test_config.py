@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conch.server.config import ConfigError, compute_cluster_id, compute_member_id, load
 
 
-def test_defaults_match_etcd():
+def test_defaults_match_etcd() -> None:
     cfg = load([], {})
     assert cfg.name == "default"
     assert cfg.data_dir == "default.etcd"
@@ -21,7 +23,7 @@ def test_defaults_match_etcd():
     assert f"{cfg.cluster_id():x}" == "cdf818194e3a8c32"
 
 
-def test_go_style_flags():
+def test_go_style_flags() -> None:
     cfg = load(
         ["-name", "n1", "--data-dir=/tmp/x", "--listen-client-urls", "http://127.0.0.1:1",
          "--advertise-client-urls=http://127.0.0.1:1", "--max-txn-ops", "5",
@@ -33,7 +35,7 @@ def test_go_style_flags():
     assert cfg.initial_cluster == "n1=http://localhost:2380"
 
 
-def test_env_vars_like_the_seed_conf():
+def test_env_vars_like_the_seed_conf() -> None:
     env = {
         "ETCD_NAME": "instance01",
         "ETCD_DATA_DIR": "/var/lib/conch/data",
@@ -50,12 +52,12 @@ def test_env_vars_like_the_seed_conf():
     assert cfg.listen_client_urls == ["http://127.0.0.1:2379", "http://127.0.0.2:2379"]
 
 
-def test_flag_and_env_conflict_is_fatal():
+def test_flag_and_env_conflict_is_fatal() -> None:
     with pytest.raises(ConfigError, match="conflicting environment variable \"ETCD_NAME\""):
         load(["--name", "a"], {"ETCD_NAME": "b"})
 
 
-def test_unknown_env_warns_and_unknown_flag_fails():
+def test_unknown_env_warns_and_unknown_flag_fails() -> None:
     warnings: list[str] = []
     load([], {"ETCD_NO_SUCH_THING": "1", "ETCDCTL_API": "3"}, warn=warnings.append)
     assert warnings == ["unrecognized environment variable ETCD_NO_SUCH_THING=1"]
@@ -63,18 +65,18 @@ def test_unknown_env_warns_and_unknown_flag_fails():
         load(["--no-such-flag", "1"], {})
 
 
-def test_listen_client_urls_requires_advertise():
+def test_listen_client_urls_requires_advertise() -> None:
     with pytest.raises(ConfigError, match="--advertise-client-urls is required"):
         load(["--listen-client-urls", "http://127.0.0.1:1"], {})
 
 
-def test_election_timeout_rules():
+def test_election_timeout_rules() -> None:
     with pytest.raises(ConfigError, match="at least as 5 times"):
         load(["--heartbeat-interval", "300", "--election-timeout", "1000"], {})
     assert load(["--election-timeout", "3000"], {}).min_lease_ttl == 5  # ceil(1.5 * 3s)
 
 
-def test_config_file_overrides_everything(tmp_path):
+def test_config_file_overrides_everything(tmp_path: Path) -> None:
     path = tmp_path / "conch.yml"
     path.write_text(
         "name: fromfile\ndata-dir: /tmp/ff\nmax-request-bytes: 2048\n"
@@ -86,7 +88,7 @@ def test_config_file_overrides_everything(tmp_path):
     assert cfg.watch_progress_notify_interval_s == 5.0
 
 
-def test_member_and_cluster_ids_are_etcds_algorithm():
+def test_member_and_cluster_ids_are_etcds_algorithm() -> None:
     a = compute_member_id(["http://10.0.0.1:2380"], "tok")
     assert a == compute_member_id(["http://10.0.0.1:2380"], "tok")
     assert a != compute_member_id(["http://10.0.0.1:2380"], "other")

@@ -11,11 +11,13 @@ import os
 import random
 import signal
 import threading
+from collections.abc import Callable
 
 import grpc
 import pytest
 
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.harness import ServerProcess
 from devkit.polling import poll
 from tests.grpc_stubs import connect
 
@@ -64,7 +66,9 @@ class _Writers:
 
 def _check_all_present(endpoint: str, acked: dict[bytes, tuple[bytes, int]]) -> int:
     with connect(endpoint) as s:
-        resp = s.kv.Range(rpc_pb2.RangeRequest(key=b"r", range_end=b"s"), timeout=30)
+        resp: rpc_pb2.RangeResponse = s.kv.Range(
+            rpc_pb2.RangeRequest(key=b"r", range_end=b"s"), timeout=30
+        )
     got = {kv.key: kv for kv in resp.kvs}
     missing = [k for k in acked if k not in got]
     assert not missing, f"{len(missing)} acknowledged puts lost, e.g. {missing[:3]}"
@@ -74,7 +78,7 @@ def _check_all_present(endpoint: str, acked: dict[bytes, tuple[bytes, int]]) -> 
     return resp.header.revision
 
 
-def test_acknowledged_puts_survive_sigkill(server_factory):
+def test_acknowledged_puts_survive_sigkill(server_factory: Callable[..., ServerProcess]) -> None:
     rng = random.Random(20261126)
     srv = server_factory("conch")
     all_acked: dict[bytes, tuple[bytes, int]] = {}
@@ -82,7 +86,11 @@ def test_acknowledged_puts_survive_sigkill(server_factory):
     for round_no in range(ROUNDS):
         writers = _Writers(srv.endpoint, round_no)
         target = rng.randint(50, 600)
-        poll(lambda w=writers, t=target: w.count() >= t, 60, f"{target} acknowledged puts")
+
+        def enough(w: _Writers = writers, t: int = target) -> bool:
+            return w.count() >= t
+
+        poll(enough, 60, f"{target} acknowledged puts")
         srv.kill(signal.SIGKILL)
         writers.stop()
         all_acked.update(writers.acked)
@@ -93,12 +101,12 @@ def test_acknowledged_puts_survive_sigkill(server_factory):
         last_rev = rev
 
 
-def _wal_files(srv) -> list[str]:
+def _wal_files(srv: ServerProcess) -> list[str]:
     return sorted(glob.glob(os.path.join(srv.data_dir, "member", "wal", "*.wal")))
 
 
-def _fill(srv, n: int) -> dict[bytes, bytes]:
-    written = {}
+def _fill(srv: ServerProcess, n: int) -> dict[bytes, bytes]:
+    written: dict[bytes, bytes] = {}
     with connect(srv.endpoint) as s:
         for i in range(n):
             key, value = b"key%04d" % i, b"value%04d" % i
@@ -107,7 +115,7 @@ def _fill(srv, n: int) -> dict[bytes, bytes]:
     return written
 
 
-def test_torn_wal_tail_is_repaired(server_factory):
+def test_torn_wal_tail_is_repaired(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory("conch")
     written = _fill(srv, 50)
     srv.kill(signal.SIGKILL)
@@ -128,7 +136,9 @@ def test_torn_wal_tail_is_repaired(server_factory):
         assert s.kv.Range(rpc_pb2.RangeRequest(key=b"after"), timeout=10).kvs[0].value == b"repair"
 
 
-def test_corruption_before_tail_refuses_to_start(server_factory):
+def test_corruption_before_tail_refuses_to_start(
+    server_factory: Callable[..., ServerProcess],
+) -> None:
     srv = server_factory("conch")
     _fill(srv, 50)
     srv.kill(signal.SIGKILL)
@@ -141,6 +151,7 @@ def test_corruption_before_tail_refuses_to_start(server_factory):
         fh.seek(0)
         fh.write(data)
     srv.spawn()
+    assert srv.proc is not None
     code = srv.proc.wait(30)
     assert code not in (0, None)
     log = srv.log_tail(40).lower()
@@ -151,7 +162,7 @@ def test_corruption_before_tail_refuses_to_start(server_factory):
 
 
 @pytest.mark.skipif(not os.environ.get("CONCH_SLOW"), reason="long crash loop: CONCH_SLOW=1")
-def test_many_sigkills(server_factory):
+def test_many_sigkills(server_factory: Callable[..., ServerProcess]) -> None:
     global ROUNDS
     ROUNDS = 20
     test_acknowledged_puts_survive_sigkill(server_factory)

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -62,7 +63,7 @@ SNAPSHOT = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _grpc_stays_initialised():
+def _grpc_stays_initialised() -> Iterator[None]:
     """Keep one gRPC channel open for the whole module. When the last channel closes, gRPC
     shuts its core down on a thread, and a fork (every member start) racing with that
     shutdown can block forever in gRPC's fork handler; this module starts members often."""
@@ -71,7 +72,7 @@ def _grpc_stays_initialised():
     ch.close()
 
 
-def test_every_known_point_has_a_process_test():
+def test_every_known_point_has_a_process_test() -> None:
     assert set(SINGLE) | set(SEND) | set(SNAPSHOT) == set(failpoints.KNOWN)
     assert all(desc.strip() for desc in failpoints.KNOWN.values())
 
@@ -80,7 +81,7 @@ def test_every_known_point_has_a_process_test():
 
 
 @pytest.fixture
-def clean_points():
+def clean_points() -> Iterator[None]:
     failpoints.reset()
     yield
     failpoints.reset()
@@ -102,7 +103,9 @@ def clean_points():
         (" panic ", "panic", None, None, 0.0),
     ],
 )
-def test_parse_term(text, action, prob, count, sleep_s):
+def test_parse_term(
+    text: str, action: str, prob: float | None, count: int | None, sleep_s: float
+) -> None:
     t = failpoints.parse_term(text)
     assert (t.action, t.probability, t.count) == (action, prob, count)
     assert t.sleep_s == pytest.approx(sleep_s)
@@ -115,12 +118,14 @@ def test_parse_term(text, action, prob, count, sleep_s):
      "0*panic", "150%panic", "*panic", "%panic", "panic;off", "return(1)", "1*2*panic",
      "sleep(1s"],
 )
-def test_bad_terms_raise(text):
+def test_bad_terms_raise(text: str) -> None:
     with pytest.raises(ValueError):
         failpoints.parse_term(text)
 
 
-def test_configure_accepts_semicolons_and_commas_and_refuses_unknown_names(clean_points):
+def test_configure_accepts_semicolons_and_commas_and_refuses_unknown_names(
+    clean_points: None,
+) -> None:
     failpoints.configure("beforeCommit=off; afterCommit=sleep(0),raftBeforeSave=1*off")
     assert failpoints.armed() == {
         "beforeCommit": "off", "afterCommit": "sleep(0)", "raftBeforeSave": "1*off"}
@@ -132,7 +137,7 @@ def test_configure_accepts_semicolons_and_commas_and_refuses_unknown_names(clean
         failpoints.configure("beforeCommit=explode")
 
 
-def test_count_and_probability(clean_points):
+def test_count_and_probability(clean_points: None) -> None:
     failpoints.hit("beforeCommit")  # unarmed: nothing
     failpoints.enable("beforeCommit", "3*sleep(0)")
     for _ in range(10):
@@ -165,7 +170,7 @@ def _python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env=full, timeout=60, cwd=str(REPO_ROOT))
 
 
-def test_panic_exits_3_naming_the_point_and_env_typos_fail():
+def test_panic_exits_3_naming_the_point_and_env_typos_fail() -> None:
     code = ("from conch import failpoints as f\n"
             "f.hit('afterCommit'); print('survived afterCommit')\n"
             "f.hit('beforeCommit'); print('survived beforeCommit')\n")
@@ -177,7 +182,7 @@ def test_panic_exits_3_naming_the_point_and_env_typos_fail():
     assert cp.returncode != 0 and "beforeComit" in cp.stderr
 
 
-def test_sleep_in_process_delays(clean_points):
+def test_sleep_in_process_delays(clean_points: None) -> None:
     failpoints.enable("beforeCommit", "1*sleep(200ms)")
     t0 = time.monotonic()
     failpoints.hit("beforeCommit")
@@ -187,7 +192,7 @@ def test_sleep_in_process_delays(clean_points):
     assert time.monotonic() - t0 < 0.1
 
 
-def test_hit_async_sleeps_without_blocking_the_loop(clean_points):
+def test_hit_async_sleeps_without_blocking_the_loop(clean_points: None) -> None:
     import asyncio
 
     async def main() -> tuple[float, int]:
@@ -224,7 +229,7 @@ def _http(method: str, url: str, body: str | None = None) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def test_http_control(clean_points):
+def test_http_control(clean_points: None) -> None:
     port = free_port()
     srv = failpoints.serve_http(f"127.0.0.1:{port}")
     base = f"http://127.0.0.1:{port}"
@@ -258,7 +263,7 @@ def test_http_control(clean_points):
         srv.server_close()
 
 
-def test_http_control_listens_on_loopback_only():
+def test_http_control_listens_on_loopback_only() -> None:
     for addr in ("0.0.0.0:2381", "10.1.2.3:2381", "example.com:2381", "2381", "127.0.0.1:x"):
         with pytest.raises(ValueError):
             failpoints.serve_http(addr)
@@ -358,7 +363,7 @@ class _Single:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
+def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Single]:
     fp_port = free_port()
     srv = ConchProcess(
         "fp-single", tmp_path_factory.mktemp("fp-single"),
@@ -373,7 +378,7 @@ def single(tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", list(SINGLE))
-def test_panic_single_member(single, point):
+def test_panic_single_member(single: _Single, point: str) -> None:
     srv, acked = single.srv, single.acked
     if not srv.is_running():  # an earlier case failed before restarting it
         srv.spawn()
@@ -414,7 +419,7 @@ def test_panic_single_member(single, point):
             assert hk.compact_revision == compact_rev
 
 
-def test_sleep_failpoint_delays_a_live_member(single):
+def test_sleep_failpoint_delays_a_live_member(single: _Single) -> None:
     srv = single.srv
     if not srv.is_running():
         srv.spawn()
@@ -460,13 +465,13 @@ def test_sleep_failpoint_delays_a_live_member(single):
 # --------------------------------------------------------------------------- three members
 
 
-def _converged(cluster: Cluster):
+def _converged(cluster: Cluster) -> int | None:
     """All members at the same applied index with equal HashKV at the same revision."""
-    statuses = [_status(m.endpoint) for m in cluster.members]
-    if any(s is None for s in statuses) or len({s.raftAppliedIndex for s in statuses}) != 1:
+    statuses = [st for m in cluster.members if (st := _status(m.endpoint)) is not None]
+    if len(statuses) != len(cluster.members) or len({s.raftAppliedIndex for s in statuses}) != 1:
         return None
-    rev = statuses[0].header.revision  # type: ignore[union-attr]
-    hashes = set()
+    rev: int = statuses[0].header.revision
+    hashes: set[int] = set()
     for m in cluster.members:
         try:
             with connect(m.endpoint) as s:
@@ -510,14 +515,14 @@ class _Three:
 
 
 @pytest.fixture(scope="module")
-def three(tmp_path_factory):
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Three]:
     base = Path(tmp_path_factory.mktemp("fp-three"))
     # A raft snapshot every 50 entries keeping 10: a follower that misses ~150 writes can
     # only catch up from a snapshot of the leader's backend.
     c = Cluster(base, 3, token="fp-three",
                 extra_env={"ETCD_SNAPSHOT_COUNT": "50",
                            "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES": "10"})
-    ports = {}
+    ports: dict[str, int] = {}
     for m in c.members:
         ports[m.name] = free_port()
         m.env["CONCH_FAILPOINTS_HTTP"] = f"127.0.0.1:{ports[m.name]}"
@@ -529,7 +534,7 @@ def three(tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", list(SEND))
-def test_panic_before_send(three, point):
+def test_panic_before_send(three: _Three, point: str) -> None:
     three.revive()
     leader = poll(lambda: _leader(three.cluster), 20, "a leader")
     assert _puts(leader.endpoint, three.acked, point.encode(), 10) == 10
@@ -545,7 +550,7 @@ def test_panic_before_send(three, point):
 
 
 @pytest.mark.parametrize("point", SNAPSHOT)
-def test_panic_catching_up_by_snapshot(three, point):
+def test_panic_catching_up_by_snapshot(three: _Three, point: str) -> None:
     three.revive()
     leader = poll(lambda: _leader(three.cluster), 20, "a leader")
     victim = next(m for m in three.cluster.members if m is not leader)

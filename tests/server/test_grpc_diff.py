@@ -6,19 +6,27 @@ responses after dropping the fields that legitimately differ (cluster/member IDs
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from conch.proto.etcdserverpb import rpc_pb2
-from tests.grpc_stubs import connect
+from devkit.harness import ServerProcess
+from tests.grpc_stubs import Stubs, connect
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
-def _strip(msg):
+def _strip(msg: M) -> M:
     """A copy of a response without cluster_id/member_id/raft_term anywhere in it."""
     out = type(msg)()
     out.CopyFrom(msg)
 
-    def walk(m):
+    def walk(m: Message) -> None:
         for field, value in m.ListFields():
             if field.name == "header":
                 value.cluster_id = 0
@@ -34,8 +42,10 @@ def _strip(msg):
     return out
 
 
-def _both(server_factory, scenario, **kwargs):
-    results = {}
+def _both(
+    server_factory: Callable[..., ServerProcess], scenario: Callable[[Stubs], T], **kwargs: object
+) -> T:
+    results: dict[str, T] = {}
     for kind in ("etcd", "conch"):
         srv = server_factory(kind, **kwargs)
         with connect(srv.endpoint) as s:
@@ -44,17 +54,17 @@ def _both(server_factory, scenario, **kwargs):
     return results["conch"]
 
 
-def _put(key, value=b"v"):
+def _put(key: bytes, value: bytes = b"v") -> rpc_pb2.RequestOp:
     return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))
 
 
-def _get(key, range_end=b""):
+def _get(key: bytes, range_end: bytes = b"") -> rpc_pb2.RequestOp:
     return rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=key, range_end=range_end))
 
 
-def test_nested_txn_and_compare_range_end(server_factory):
-    def scenario(s):
-        out = []
+def test_nested_txn_and_compare_range_end(server_factory: Callable[..., ServerProcess]) -> None:
+    def scenario(s: Stubs) -> list[Any]:
+        out: list[Any] = []
         for k in (b"p/a", b"p/b", b"p/c"):
             s.kv.Put(rpc_pb2.PutRequest(key=k, value=b"1"), timeout=10)
         s.kv.Put(rpc_pb2.PutRequest(key=b"p/b", value=b"2"), timeout=10)
@@ -103,12 +113,14 @@ def test_nested_txn_and_compare_range_end(server_factory):
     assert res[2:4] == [False, True]
 
 
-def _watch_collect(s, create: rpc_pb2.WatchCreateRequest, n_events: int, *, progress=False):
+def _watch_collect(
+    s: Stubs, create: rpc_pb2.WatchCreateRequest, n_events: int, *, progress: bool = False
+) -> list[rpc_pb2.WatchResponse]:
     requests = [rpc_pb2.WatchRequest(create_request=create)]
     if progress:
         requests.append(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
     stream = s.watch.Watch(iter(requests), timeout=20)
-    got = []
+    got: list[rpc_pb2.WatchResponse] = []
     events = 0
     for resp in stream:
         got.append(_strip(resp))
@@ -119,7 +131,7 @@ def _watch_collect(s, create: rpc_pb2.WatchCreateRequest, n_events: int, *, prog
     return got
 
 
-def test_watch_progress_request_waits_for_history_replay(conch_server):
+def test_watch_progress_request_waits_for_history_replay(conch_server: ServerProcess) -> None:
     # etcd 3.5 answers a ProgressRequest only once every watcher on the stream is synced
     # (etcd#15220: a progress notification must not claim a revision whose events are still
     # to come). The reference etcd 3.4 here answers at once, before the replayed events, so
@@ -134,12 +146,14 @@ def test_watch_progress_request_waits_for_history_replay(conch_server):
 
 
 @pytest.mark.parametrize("fragment", [True, False])
-def test_watch_fragmented_history(server_factory, fragment):
+def test_watch_fragmented_history(
+    server_factory: Callable[..., ServerProcess], fragment: bool
+) -> None:
     # With --max-request-bytes 100000 a watch response is split past 100000 + 512 KiB;
     # replaying twelve 90 kB puts from history puts all of them in one response.
     big = b"x" * 90_000
 
-    def scenario(s):
+    def scenario(s: Stubs) -> list[tuple[bool, bool, int, int]]:
         for i in range(12):
             s.kv.Put(rpc_pb2.PutRequest(key=b"g%02d" % i, value=big), timeout=10)
         create = rpc_pb2.WatchCreateRequest(key=b"g", range_end=b"h", start_revision=1,

@@ -8,16 +8,17 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import grpc
 
 from conch.proto.etcdserverpb import rpc_pb2
-from devkit.harness import free_port
+from devkit.harness import ServerProcess, free_port
 from devkit.polling import poll
 from tests.grpc_stubs import connect
 
 
-def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server):
+def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server: ServerProcess) -> None:
     with connect(conch_server.endpoint) as s:
         grant = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=1), timeout=10)
         assert grant.TTL == 2  # raised to the minimum TTL (ceil(1.5 * election timeout))
@@ -42,7 +43,7 @@ def test_lease_expiry_deletes_attached_keys_in_one_revision(conch_server):
         assert (ka.ID, ka.TTL) == (grant.ID, 0)
 
 
-def test_leases_and_keys_survive_restart(conch_server):
+def test_leases_and_keys_survive_restart(conch_server: ServerProcess) -> None:
     with connect(conch_server.endpoint) as s:
         grant = s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=600, ID=77), timeout=10)
         s.kv.Put(rpc_pb2.PutRequest(key=b"held", value=b"v", lease=77), timeout=10)
@@ -63,7 +64,7 @@ def test_leases_and_keys_survive_restart(conch_server):
         assert status.raftTerm > term_before  # the term never goes backwards
 
 
-def test_watch_sees_writes_through_the_member(conch_server):
+def test_watch_sees_writes_through_the_member(conch_server: ServerProcess) -> None:
     with connect(conch_server.endpoint) as s:
         s.kv.Put(rpc_pb2.PutRequest(key=b"w/0", value=b"old"), timeout=10)
         requests = iter([rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
@@ -84,7 +85,7 @@ def test_watch_sees_writes_through_the_member(conch_server):
         assert events[1].prev_kv.value == b"old" and events[2].prev_kv.value == b"new"
 
 
-def test_headers_and_status(conch_server):
+def test_headers_and_status(conch_server: ServerProcess) -> None:
     with connect(conch_server.endpoint) as s:
         put = s.kv.Put(rpc_pb2.PutRequest(key=b"h", value=b"1"), timeout=10)
         status = s.maintenance.Status(rpc_pb2.StatusRequest(), timeout=10)
@@ -106,9 +107,10 @@ def _get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def test_http_endpoints(server_factory):
+def test_http_endpoints(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory("conch", http_port=free_port())
     base = srv.http_url
+    assert base is not None  # started with http_port
     assert _get(base + "/health") == (200, '{"health":"true","reason":""}')
     assert json.loads(_get(base + "/version")[1])["etcdserver"].startswith("3.5")
     code, text = _get(base + "/metrics")
@@ -122,7 +124,7 @@ def test_http_endpoints(server_factory):
     assert _get(base + "/nope")[0] == 404
 
 
-def test_defragment_keeps_data_and_shrinks_the_file(conch_server):
+def test_defragment_keeps_data_and_shrinks_the_file(conch_server: ServerProcess) -> None:
     with connect(conch_server.endpoint) as s:
         for i in range(300):
             s.kv.Put(rpc_pb2.PutRequest(key=b"d%04d" % i, value=b"x" * 2000), timeout=10)
@@ -147,7 +149,7 @@ def test_defragment_keeps_data_and_shrinks_the_file(conch_server):
         assert s.kv.Range(rpc_pb2.RangeRequest(key=b"keep"), timeout=10).kvs[0].value == b"me"
 
 
-def test_quota_raises_nospace_alarm(server_factory):
+def test_quota_raises_nospace_alarm(server_factory: Callable[..., ServerProcess]) -> None:
     import grpc
 
     from tests.grpc_stubs import rpc_error
@@ -185,24 +187,25 @@ def test_quota_raises_nospace_alarm(server_factory):
         s.kv.Put(rpc_pb2.PutRequest(key=b"after2", value=b"ok"), timeout=10)
 
 
-def test_periodic_auto_compaction(server_factory):
+def test_periodic_auto_compaction(server_factory: Callable[..., ServerProcess]) -> None:
     srv = server_factory("conch", extra_args=["--auto-compaction-mode", "periodic",
                                               "--auto-compaction-retention", "1s"])
     with connect(srv.endpoint) as s:
         s.kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"1"), timeout=10)
         s.kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"2"), timeout=10)
 
-        def compacted():
+        def compacted() -> bool:
             try:
                 s.kv.Range(rpc_pb2.RangeRequest(key=b"a", revision=2), timeout=10)
                 return False
             except grpc.RpcError as e:
-                return e.details() == "etcdserver: mvcc: required revision has been compacted"
+                details: str = e.details()
+                return details == "etcdserver: mvcc: required revision has been compacted"
         poll(compacted, 15, "the periodic compactor")
         assert s.kv.Range(rpc_pb2.RangeRequest(key=b"a"), timeout=10).kvs[0].value == b"2"
 
 
-def test_defragment_under_write_load_loses_nothing(conch_server):
+def test_defragment_under_write_load_loses_nothing(conch_server: ServerProcess) -> None:
     import threading
 
     with connect(conch_server.endpoint) as s:
@@ -211,7 +214,7 @@ def test_defragment_under_write_load_loses_nothing(conch_server):
     acked: list[bytes] = []
     stop = threading.Event()
 
-    def writer():
+    def writer() -> None:
         with connect(conch_server.endpoint) as w:
             n = 0
             while not stop.is_set() and n < 20000:

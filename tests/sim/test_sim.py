@@ -22,7 +22,7 @@ BUG_SEEDS = 200
 KNOWN_FAILING: set[int] = set()
 
 
-def test_virtual_loop_runs_timers_without_waiting():
+def test_virtual_loop_runs_timers_without_waiting() -> None:
     async def scenario() -> float:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -34,7 +34,7 @@ def test_virtual_loop_runs_timers_without_waiting():
     assert vloop.run(scenario()) == pytest.approx(35.0)
 
 
-def test_virtual_loop_reports_a_deadlock():
+def test_virtual_loop_reports_a_deadlock() -> None:
     async def stuck() -> None:
         await asyncio.get_running_loop().create_future()
 
@@ -42,20 +42,20 @@ def test_virtual_loop_reports_a_deadlock():
         vloop.run(stuck())
 
 
-def test_same_seed_replays_exactly():
+def test_same_seed_replays_exactly() -> None:
     a, b = run_seed(3), run_seed(3)
     assert a.ok, a.problems
     assert a.digest == b.digest and a.stats == b.stats and a.events == b.events
     assert run_seed(4).digest != a.digest
 
 
-def test_same_seed_replays_exactly_across_processes():
+def test_same_seed_replays_exactly_across_processes() -> None:
     first = run_batch(range(7, 9), jobs=1)
     second = run_batch(range(7, 9), jobs=2)
     assert [r.digest for r in first] == [r.digest for r in second]
 
 
-def test_default_seed_suite():
+def test_default_seed_suite() -> None:
     n = int(os.environ.get("CONCH_SIM_SEEDS", DEFAULT_SEEDS))
     results = run_batch(range(n), jobs=2)
     assert len(results) == n
@@ -67,7 +67,7 @@ def test_default_seed_suite():
 
 
 @pytest.mark.parametrize("bug", ["double-apply", "ack-before-durable"])
-def test_injected_bug_is_caught(bug):
+def test_injected_bug_is_caught(bug: str) -> None:
     results = run_batch(range(BUG_SEEDS), bug=bug, jobs=2, stop_on_fail=True)
     caught = [r for r in results if not r.ok]
     assert caught, f"{bug}: not caught in seeds 0..{BUG_SEEDS - 1}"

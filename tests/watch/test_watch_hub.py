@@ -9,10 +9,10 @@ import random
 from pathlib import Path
 
 import pytest
-from watchutil import DELETE, PUT, Env, drain, event_revs, run
 
 from conch.errors import WATCH_DUPLICATE_ID_REASON, ErrCompacted
 from conch.mvcc.watch import EMPTY_RANGE_REASON, FILTER_NODELETE, FILTER_NOPUT, WatchStream
+from tests.watch.watchutil import DELETE, PUT, Env, drain, event_revs, run
 
 
 def small(stream: WatchStream, limit: int = 16) -> WatchStream:
@@ -273,8 +273,9 @@ def test_slow_consumer_goes_unsynced_and_loses_nothing(env: Env) -> None:
         fast_got.extend(event_revs(drain(fast)))  # the fast one keeps up
         assert slow.pending <= slow.limit  # notify never queues past the limit
     assert fast_got == list(range(2, 202))
-    assert slow.watcher(sw) is not None and not slow.watcher(sw).synced  # type: ignore[union-attr]
-    assert fast.watcher(fw).synced  # type: ignore[union-attr]
+    slow_w, fast_w = slow.watcher(sw), fast.watcher(fw)
+    assert slow_w is not None and not slow_w.synced
+    assert fast_w is not None and fast_w.synced
     assert not hub.sync_once()  # no room: catch-up waits for the consumer
     got: list[int] = []
     while True:

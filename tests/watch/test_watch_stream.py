@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from watchutil import (
+from conch.errors import WATCH_DUPLICATE_ID_REASON, ErrCompacted
+from conch.mvcc.watch import EMPTY_RANGE_REASON
+from conch.proto.etcdserverpb import rpc_pb2
+from tests.watch.watchutil import (
     CLUSTER_ID,
     DELETE,
     MEMBER_ID,
@@ -18,10 +21,6 @@ from watchutil import (
     serve,
     wait_until,
 )
-
-from conch.errors import WATCH_DUPLICATE_ID_REASON, ErrCompacted
-from conch.mvcc.watch import EMPTY_RANGE_REASON
-from conch.proto.etcdserverpb import rpc_pb2
 
 NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
