@@ -130,24 +130,18 @@ class GrpcLeaderClient:
         self, client_url: str, req: rpc_pb2.LeaseTimeToLiveRequest
     ) -> rpc_pb2.LeaseTimeToLiveResponse:
         stub = rpc_pb2_grpc.LeaseStub(self._channel_for(client_url))
-        try:
-            resp: rpc_pb2.LeaseTimeToLiveResponse = await stub.LeaseTimeToLive(
-                req, metadata=(FORWARDED,), timeout=_CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        resp: rpc_pb2.LeaseTimeToLiveResponse = await _forward(
+            stub.LeaseTimeToLive, req, _CALL_TIMEOUT_S
+        )
         return resp
 
     async def member_promote(
         self, client_url: str, req: rpc_pb2.MemberPromoteRequest
     ) -> rpc_pb2.MemberPromoteResponse:
         stub = rpc_pb2_grpc.ClusterStub(self._channel_for(client_url))
-        try:
-            resp: rpc_pb2.MemberPromoteResponse = await stub.MemberPromote(
-                req, metadata=(FORWARDED,), timeout=_PROMOTE_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc) from None
+        resp: rpc_pb2.MemberPromoteResponse = await _forward(
+            stub.MemberPromote, req, _PROMOTE_TIMEOUT_S
+        )
         return resp
 
     async def close(self) -> None:
@@ -161,3 +155,10 @@ class GrpcLeaderClient:
             with contextlib.suppress(Exception):
                 await task
 
+
+async def _forward(method: Any, req: Any, timeout_s: float) -> Any:
+    """A unary call marked as forwarded; the leader's error comes back as its EtcdError."""
+    try:
+        return await method(req, metadata=(FORWARDED,), timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None

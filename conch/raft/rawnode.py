@@ -234,10 +234,6 @@ class RawNode:
         return self.raft.term
 
     @property
-    def lead(self) -> int:
-        return self.raft.lead
-
-    @property
     def committed(self) -> int:
         return self.raft.raft_log.committed
 

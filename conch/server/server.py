@@ -192,9 +192,6 @@ class EtcdServer:
         self.raft.propose(rid, data)
         return fut
 
-    async def propose_wait(self, req: InternalRaftRequest) -> Any:
-        return await self.propose(req)
-
     async def propose_request(self, field: str, request: Any) -> Any:
         """Propose a client request as `InternalRaftRequest.<field>`; its response with the
         header filled in."""

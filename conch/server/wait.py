@@ -33,9 +33,6 @@ class WaitRegistry:
         self._deadlines.append((now + self.timeout_s, rid, leader_changes))
         return fut
 
-    def is_registered(self, rid: int) -> bool:
-        return rid in self._waiters
-
     def trigger(self, rid: int, result: Any) -> None:
         """Resolve `rid` with a response, or with the EtcdError the request produced."""
         fut = self._waiters.pop(rid, None)

@@ -204,17 +204,17 @@ def _kv(kv: Any) -> KV:
     )
 
 
-def _range_resp(r: Any, rev: int) -> Response:
+def range_response(r: Any, rev: int) -> Response:
     return Response(revision=rev, kvs=tuple(_kv(kv) for kv in r.kvs), count=r.count)
 
 
-def _txn_resp(r: Any) -> Response:
+def txn_response(r: Any) -> Response:
     rev = r.header.revision
     subs: list[Response] = []
     for op in r.responses:
         which = op.WhichOneof("response")
         if which == "response_range":
-            subs.append(_range_resp(op.response_range, rev))
+            subs.append(range_response(op.response_range, rev))
         elif which == "response_put":
             subs.append(Response(revision=rev))
         elif which == "response_delete_range":
@@ -545,7 +545,7 @@ class _Traffic:
                 p.kind,
                 Range(key, serializable=ser),
                 lambda t: conn.kv.Range(rpc_pb2.RangeRequest(key=kvk, serializable=ser), timeout=t),
-                lambda r: _range_resp(r, r.header.revision),
+                lambda r: range_response(r, r.header.revision),
             )
             if resp is not None and not ser:
                 _remember(seen, [key], resp.kvs or ())
@@ -559,7 +559,7 @@ class _Traffic:
                 lambda t: conn.kv.Range(
                     rpc_pb2.RangeRequest(key=_b(start), range_end=_b(end)), timeout=t
                 ),
-                lambda r: _range_resp(r, r.header.revision),
+                lambda r: range_response(r, r.header.revision),
             )
             if resp is not None:
                 _remember(seen, self.keys, resp.kvs or ())
@@ -661,7 +661,7 @@ class _Traffic:
             p.kind,
             Txn((cmp,), (Put(key, p.value),), (Range(key),)),
             lambda t: conn.kv.Txn(req, timeout=t),
-            _txn_resp,
+            txn_response,
         )
         if resp is not None and resp.revision is not None:
             if resp.succeeded:
@@ -958,7 +958,7 @@ async def final_read(
                 )
                 await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
                 continue
-            recorder.record_return(op, _range_resp(r, r.header.revision))
+            recorder.record_return(op, range_response(r, r.header.revision))
             return
         finally:
             await conn.close()

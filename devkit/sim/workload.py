@@ -13,10 +13,11 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from conch.errors import Code, EtcdError
+from conch.api.errors import grpc_status
+from conch.errors import EtcdError
 from conch.proto.etcdserverpb import rpc_pb2
+from devkit.robustness.traffic import classify, range_response, txn_response
 from devkit.sim.checks import (
-    KV,
     OK,
     UNKNOWN,
     Compare,
@@ -38,50 +39,13 @@ PREFIX = "k/"
 PREFIX_END = "k0"
 CALL_TIMEOUT_S = 1.5
 
-_DEFINITE_CODES = {Code.INVALID_ARGUMENT, Code.OUT_OF_RANGE, Code.PERMISSION_DENIED,
-                   Code.UNAUTHENTICATED}
-_DEFINITE_MESSAGES = ("requested lease not found", "lease already exists")
-
-
 def definite(exc: EtcdError) -> bool:
-    """devkit.robustness.traffic.classify, for a façade's EtcdError."""
-    text = exc.message.lower()
-    if any(m in text for m in _DEFINITE_MESSAGES):
-        return True
-    if exc.code in _DEFINITE_CODES:
-        return "timed out" not in text and "leader" not in text
-    return False
-
-
-def _s(b: bytes) -> str:
-    return b.decode("latin-1")
+    """The robustness traffic's rule (`classify`), for a façade's EtcdError."""
+    return classify(grpc_status(exc), exc.message)
 
 
 def _b(s: str) -> bytes:
     return s.encode("latin-1")
-
-
-def _kv(kv: Any) -> KV:
-    return KV(_s(kv.key), _s(kv.value), kv.mod_revision, kv.create_revision, kv.version,
-              kv.lease)
-
-
-def range_resp(r: Any, rev: int) -> Response:
-    return Response(revision=rev, kvs=tuple(_kv(kv) for kv in r.kvs), count=r.count)
-
-
-def txn_resp(r: Any) -> Response:
-    rev = r.header.revision
-    subs: list[Response] = []
-    for op in r.responses:
-        which = op.WhichOneof("response")
-        if which == "response_range":
-            subs.append(range_resp(op.response_range, rev))
-        elif which == "response_put":
-            subs.append(Response(revision=rev))
-        else:
-            subs.append(Response(revision=rev, deleted=op.response_delete_range.deleted))
-    return Response(revision=rev, succeeded=r.succeeded, responses=tuple(subs))
 
 
 def _on(method: str, req: Any) -> Callable[[Any], Awaitable[Any]]:
@@ -182,7 +146,7 @@ class Workload:
                 status, raw = await self.call(
                     node, c, Range(key, serializable=ser),
                     _on("range", rpc_pb2.RangeRequest(key=_b(key), serializable=ser)),
-                    lambda p: range_resp(p, p.header.revision))
+                    lambda p: range_response(p, p.header.revision))
                 if status == OK and raw.kvs:
                     last_mod[key] = raw.kvs[0].mod_revision
             elif r < 0.72:
@@ -198,7 +162,7 @@ class Workload:
                 status, raw = await self.call(
                     node, c, Txn((Compare(key, "mod", "=", mod),), (Put(key, value),),
                                  (Range(key),)),
-                    _on("txn", treq), txn_resp)
+                    _on("txn", treq), txn_response)
             elif r < 0.78:
                 status, raw = await self.call(
                     node, c, Delete(key),
@@ -258,7 +222,7 @@ class Workload:
         status, _ = await self.call(
             node, 99, Range(PREFIX, PREFIX_END),
             lambda s: s.range(rpc_pb2.RangeRequest(key=_b(PREFIX), range_end=_b(PREFIX_END))),
-            lambda p: range_resp(p, p.header.revision))
+            lambda p: range_response(p, p.header.revision))
         return status
 
     def history(self) -> History:
